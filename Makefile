@@ -1,0 +1,42 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both install first when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Tests run on 2 worker processes; JAX inside each stays on the CPU.
+PYTEST_ARGS ?= -n 2 --durations=15
+
+.PHONY: install demo test test-fast lint fmt bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/t5x-lite demo --workdir=runs/demo
+
+# Everything, slow end-to-end checks included (what CI runs).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+# Skip the end-to-end checks marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)
+	$(VENV)/bin/t5x-lite bench --config=gin_configs/pretrain.py:gpt_small
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

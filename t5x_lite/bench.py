@@ -1,0 +1,147 @@
+"""`t5x-lite bench`: how fast one training step of a config runs on this machine.
+
+Reports step time, tokens/s, model TFLOP/s and MFU, and memory. Model FLOPs per token
+follow PaLM (Chowdhery et al. 2022, app. B): 6 N for the N parameters used in matmuls
+(the tied or untied output projection included, embedding lookups excluded) plus
+12 L T d_attn for attention scores and values over the full sequence length T. MFU is
+that rate over a peak the user gives (`--peak_tflops`) or a dense fp32 matmul probe
+measures on the same devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t5x_lite import tokenizer as tokenizer_lib
+from t5x_lite.train import partitioning, trainer
+
+# The objective needs only the fixed special ids: the benchmark feeds random tokens.
+_SPECIAL_IDS = types.SimpleNamespace(
+    pad_id=tokenizer_lib.PAD_ID,
+    eos_id=tokenizer_lib.EOS_ID,
+    bos_id=tokenizer_lib.BOS_ID,
+    unk_id=tokenizer_lib.UNK_ID,
+    mask_id=tokenizer_lib.MASK_ID,
+    cls_id=tokenizer_lib.CLS_ID,
+    sep_id=tokenizer_lib.SEP_ID,
+)
+
+
+@dataclasses.dataclass
+class BenchResult:
+    step_time_s: float
+    tokens_per_s: float
+    model_flops_per_token: float
+    model_tflops: float
+    peak_tflops: float
+    peak_source: str
+    mfu: float
+    compile_s: float
+    temp_memory_mb: float
+    state_memory_mb: float
+    peak_rss_mb: float
+
+
+def flops_per_token(model_config, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N (matmul params) + 12 L T d_attn (attention)."""
+    d, d_attn = model_config.d_model, model_config.num_heads * model_config.head_dim
+    per_layer = 4 * d * d_attn + 2 * d * model_config.d_ff
+    matmul_params = model_config.num_layers * per_layer + model_config.vocab_size * d
+    attention = 12 * model_config.num_layers * seq_len * d_attn
+    return 6.0 * matmul_params + attention
+
+
+def matmul_peak_tflops(size: int = 2048, repeats: int = 5) -> float:
+    """Best achieved fp32 TFLOP/s of a square matmul on the default devices."""
+    matmul = jax.jit(lambda a, b: a @ b)
+    a = jnp.ones((size, size), jnp.float32)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e12 * jax.device_count()
+
+
+def random_batch(run, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A full (unpadded) packed batch of random tokens, one document per row."""
+    batch = run.dummy_batch(run.config.data.batch_size)
+    for name, value in batch.items():
+        if name.endswith("_positions"):
+            value[:] = np.arange(value.shape[1])
+        elif name.endswith(("_segment_ids", "_weights")):
+            value[:] = 1
+        else:
+            value[:] = rng.integers(7, run.config.model.vocab_size, value.shape)
+    return batch
+
+
+def benchmark(config, *, steps: int, peak_tflops: float) -> BenchResult:
+    run = trainer.build_run(config, _SPECIAL_IDS)
+    state = trainer.init_state(run, config.seed)
+    train_step = trainer.make_train_step(run)
+    batch = partitioning.host_batch_to_global(random_batch(run, np.random.default_rng(0)), run.mesh)
+    tokens = config.data.batch_size * max(run.objective.feature_lengths().values())
+    with jax.set_mesh(run.mesh):
+        start = time.perf_counter()
+        compiled = train_step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        for _ in range(2):  # warm up caches and the allocator
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready(state)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(state)
+            times.append(time.perf_counter() - start)
+    step_time = float(np.median(times))
+    source = "given"
+    if not peak_tflops:
+        peak_tflops, source = matmul_peak_tflops(), "fp32 matmul probe"
+    per_token = flops_per_token(config.model, max(run.objective.feature_lengths().values()))
+    achieved = tokens / step_time * per_token / 1e12
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    return BenchResult(
+        step_time_s=step_time,
+        tokens_per_s=tokens / step_time,
+        model_flops_per_token=per_token,
+        model_tflops=achieved,
+        peak_tflops=peak_tflops,
+        peak_source=source,
+        mfu=achieved / peak_tflops,
+        compile_s=compile_s,
+        temp_memory_mb=(memory.temp_size_in_bytes if memory else 0) / 2**20,
+        state_memory_mb=state_bytes / 2**20,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+
+
+def run_and_report(config, *, steps: int, peak_tflops: float) -> BenchResult:
+    result = benchmark(config, steps=steps, peak_tflops=peak_tflops)
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}")
+    print(f"step time      {result.step_time_s * 1e3:10.1f} ms   (median of {steps})")
+    print(f"tokens/s       {result.tokens_per_s:10.0f}")
+    print(
+        f"model TFLOP/s  {result.model_tflops:10.3f}   "
+        f"({result.model_flops_per_token / 1e6:.1f} MFLOP/token)"
+    )
+    print(f"peak TFLOP/s   {result.peak_tflops:10.3f}   ({result.peak_source})")
+    print(f"MFU            {result.mfu * 100:10.1f} %")
+    print(f"compile        {result.compile_s:10.1f} s")
+    print(
+        f"memory         state {result.state_memory_mb:.0f} MB, step temporaries "
+        f"{result.temp_memory_mb:.0f} MB, process peak RSS {result.peak_rss_mb:.0f} MB"
+    )
+    print(json.dumps(dataclasses.asdict(result)))
+    return result

@@ -1,0 +1,135 @@
+"""Load an ml_collections config file, apply `--config.a.b=value` overrides, save it.
+
+A config spec is `path/to/file.py:variant`; the file defines `get_config(arg)`. Overrides
+are type-checked against the value already in the config, and an unknown key fails with
+a one-line error naming the key and the nearest valid ones.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from collections.abc import Iterable
+
+import ml_collections
+
+from t5x_lite.errors import UserError
+
+
+def load(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+    """`file.py[:variant]` plus (dotted key, string value) overrides -> locked ConfigDict."""
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        raise UserError(f"--config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(
+        f"_t5x_lite_config_{abs(hash(path))}", path
+    )
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"--config file {path!r} defines no get_config(arg)")
+    try:
+        config = module.get_config(variant or None)
+    except (KeyError, ValueError) as e:
+        raise UserError(f"--config={spec}: {str(e).strip(chr(39))}") from None
+    config.lock()
+    for key, raw in overrides:
+        set_value(config, key, raw)
+    return config
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+    """Every leaf of the config under its dotted key."""
+    out = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
+    """Set `config.<key>` from the command-line string `raw`, parsed to the current type."""
+    keys = flatten(config)
+    if key not in keys:
+        raise UserError(f"unknown config key {key!r}{_suggest(key, keys)}")
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[leaf] = parse_value(key, raw, keys[key])
+
+
+def parse_value(key: str, raw: str, current: object) -> object:
+    """Parse `raw` to the type of `current`; a mismatch is a one-line UserError."""
+    expected = type(current)
+    if isinstance(current, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise UserError(f"--config.{key} expects a bool (true/false), got {raw!r}")
+    if isinstance(current, str):
+        return raw
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        raise UserError(
+            f"--config.{key} expects {expected.__name__}, got {raw!r} (not a literal)"
+        ) from None
+    if current is None:
+        return value
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+        return expected(value)
+    if type(value) is not expected:
+        raise UserError(
+            f"--config.{key} expects {expected.__name__}, got {raw!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _suggest(key: str, keys: Iterable[str]) -> str:
+    """Nearest valid keys: by the whole dotted key, then by the last component alone."""
+    keys = list(keys)
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    leaf = key.rsplit(".", 1)[-1]
+    leaves = {k: k.rsplit(".", 1)[-1] for k in keys}
+    close_leaves = set(difflib.get_close_matches(leaf, leaves.values(), n=3, cutoff=0.7))
+    close += [k for k, v in leaves.items() if v in close_leaves and k not in close]
+    if not close:
+        return "; see the config file for the valid keys"
+    return "; did you mean " + " or ".join(close[:3]) + "?"
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def save(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Write the resolved config as `<workdir>/config.json`; returns the path."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(to_dict(config), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def diff(saved: dict, config: ml_collections.ConfigDict, sections: Iterable[str]) -> list[str]:
+    """Dotted keys under `sections` whose values differ between a saved and a live config."""
+    current = flatten(ml_collections.ConfigDict(to_dict(config)))
+    before = flatten(ml_collections.ConfigDict(saved))
+    changed = []
+    for key in sorted(set(current) | set(before)):
+        if key.split(".", 1)[0] in sections and current.get(key) != before.get(key):
+            changed.append(f"{key}: {before.get(key)!r} -> {current.get(key)!r}")
+    return changed

@@ -1,0 +1,1 @@
+"""Data: document sources, packing into fixed-length rows, and the grain pipeline."""

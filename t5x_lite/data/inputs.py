@@ -1,0 +1,109 @@
+"""From the config to ready inputs: documents, tokenizer, objective and datasets.
+
+Shared by `train`, `bench` and the downstream commands so they all read data the same way.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from t5x_lite import objectives
+from t5x_lite import tokenizer as tokenizer_lib
+from t5x_lite.data import pipeline, sources
+from t5x_lite.errors import UserError
+
+
+def load_documents(data_config):
+    """-> (train documents, eval documents or None) as the config's sources say."""
+    train_docs = sources.load_source(data_config.train)
+    kind = data_config.eval.kind
+    if kind == "heldout":
+        return sources.split_heldout(train_docs, data_config.heldout_docs)
+    if kind == "none":
+        return train_docs, None
+    return train_docs, sources.load_source(data_config.eval)
+
+
+def load_or_train_tokenizer(config, workdir: str, train_docs) -> tokenizer_lib.Tokenizer:
+    """The tokenizer at `config.tokenizer.path`, or one trained on the documents into workdir.
+
+    Only process 0 trains; a multi-process run must give `tokenizer.path`.
+    """
+    tok_config = config.tokenizer
+    path = tok_config.path
+    if not path:
+        path = os.path.join(workdir, "tokenizer.model")
+        if not os.path.exists(path):
+            if jax.process_count() > 1:
+                raise UserError(
+                    "multi-process runs need a trained tokenizer: set config.tokenizer.path "
+                    "(train one with `t5x-lite tokenizer`)"
+                )
+            os.makedirs(workdir, exist_ok=True)
+            try:
+                tokenizer_lib.train_tokenizer(
+                    train_docs,
+                    path[: -len(".model")],
+                    vocab_size=tok_config.vocab_size,
+                    model_type=tok_config.model_type,
+                    max_sentences=tok_config.max_sentences,
+                )
+            except UserError as e:  # name the config key, not the tokenizer command's flag
+                raise UserError(
+                    str(e).replace("--vocab_size", "config.tokenizer.vocab_size")
+                ) from None
+    tokenizer = tokenizer_lib.Tokenizer(path)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise UserError(
+            f"the tokenizer {path} has {tokenizer.vocab_size} pieces but "
+            f"config.model.vocab_size={config.model.vocab_size}; set "
+            f"--config.tokenizer.vocab_size={tokenizer.vocab_size}"
+        )
+    return tokenizer
+
+
+def build_objective(config, tokenizer) -> objectives.Objective:
+    knobs = {k: v for k, v in config.objective.items() if k != "name"}
+    objective = objectives.get_class(config.objective.name).build(tokenizer, **knobs)
+    if config.model.arch not in objective.architectures:
+        raise UserError(
+            f"config.objective.name={objective.name!r} does not fit "
+            f"config.model.arch={config.model.arch!r}; it fits {', '.join(objective.architectures)}"
+        )
+    return objective
+
+
+def process_batch_size(global_batch: int) -> int:
+    return global_batch // jax.process_count()
+
+
+def train_dataset(config, docs, tokenizer, objective):
+    return pipeline.make_dataset(
+        docs,
+        tokenizer,
+        objective,
+        batch_size=process_batch_size(config.data.batch_size),
+        seed=config.seed,
+        shuffle=config.data.shuffle,
+        num_epochs=None,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        pad_final_batch=False,
+    )
+
+
+def eval_dataset(config, docs, tokenizer, objective):
+    return pipeline.make_dataset(
+        docs,
+        tokenizer,
+        objective,
+        batch_size=process_batch_size(config.data.batch_size),
+        seed=config.seed,
+        shuffle=False,
+        num_epochs=1,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        pad_final_batch=True,
+    )

@@ -1,0 +1,1 @@
+"""Uses of a trained model: sampling, fine-tuning, evaluation, in-context learning."""

@@ -1,0 +1,278 @@
+"""Transformer building blocks shared by the decoder, encoder and encoder-decoder models.
+
+Every parameter is created boxed with logical axis names (`nn.with_logical_partitioning`)
+from the one vocabulary `batch, length, embed, heads, kv, mlp, vocab, layers`; the
+logical->mesh rules live in the config. Activations whose layout matters are pinned with
+`nn.with_logical_constraint`, which is a no-op when no mesh and rules are set.
+
+Einsum letters, fixed across the package:
+  b batch, l length (query), s length (key/value), e embed, h heads, d kv (head_dim),
+  m mlp, v vocab.
+
+`dtype` fields are the computation dtype ("float32" or "bfloat16", anything `jnp.dtype`
+accepts); parameters are always stored in float32 and cast at use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+AxisNames = tuple[str | None, ...]
+
+PARAM_DTYPE = jnp.float32
+
+# GPT-2/BERT-style embedding init. With the tied head the initial logits then have std
+# 0.02 * sqrt(d_model), small enough that the initial loss starts near ln(vocab_size).
+embedding_init = nn.initializers.normal(stddev=0.02)
+
+
+def fan_in_init(num_in_axes: int) -> Initializer:
+    """Truncated normal with variance 1/fan_in, where fan_in is the product of the first
+    `num_in_axes` kernel dims (the contracted ones), whatever the number of output dims.
+
+    `variance_scaling` alone would fold any unlisted output dim into the fan-in, so the
+    in/out axes are spelled out from the kernel's actual rank.
+    """
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = PARAM_DTYPE) -> jax.Array:
+        in_axis = tuple(range(num_in_axes))
+        out_axis = tuple(range(num_in_axes, len(shape)))
+        scaled = nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis
+        )
+        return scaled(key, shape, dtype)
+
+    return init
+
+
+# ---------------------------------------------------------------------------- masks
+
+
+def causal_mask(length: int) -> jax.Array:
+    """[1, 1, length, length] bool: query at row index l sees keys at row index s <= l."""
+    row_index = jnp.arange(length)
+    return (row_index[:, None] >= row_index[None, :])[None, None]
+
+
+def segment_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array) -> jax.Array:
+    """[batch, 1, q_length, kv_length] bool: query and key belong to the same packed segment.
+
+    Padding has segment id 0, so padding queries attend to padding keys; this keeps every
+    query row non-empty whenever the key row contains any padding (or, combined with the
+    causal mask, always), so the softmax never sees an all-masked row.
+    """
+    # [batch, q_length, 1] == [batch, 1, kv_length] -> [batch, q_length, kv_length]
+    same = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+    return same[:, None]
+
+
+def causal_segment_mask(segment_ids: jax.Array) -> jax.Array:
+    """Decoder self-attention mask [batch, 1, length, length] for packed rows.
+
+    Causal within the row AND same segment. Every query sees at least itself (its own
+    segment id equals itself, padding included), so no row is fully masked.
+    """
+    return causal_mask(segment_ids.shape[1]) & segment_mask(segment_ids, segment_ids)
+
+
+# ---------------------------------------------------------------------------- layers
+
+
+class Embed(nn.Module):
+    """A lookup table [num_embeddings, features] with `attend` for a tied output head."""
+
+    num_embeddings: int
+    features: int
+    axis_names: AxisNames  # logical names of the table's two dims
+    dtype: str
+
+    def setup(self) -> None:
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(embedding_init, self.axis_names),
+            (self.num_embeddings, self.features),
+            PARAM_DTYPE,
+        )
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """ids int32 [batch, length] -> [batch, length, features] in `dtype`."""
+        # ids >= num_embeddings give NaN rows (jnp.take's "fill" mode) instead of being
+        # clamped, so a position beyond max_len shows up as a NaN loss, not a silent bug.
+        return jnp.take(self.embedding, ids, axis=0).astype(jnp.dtype(self.dtype))
+
+    def attend(self, query: jax.Array) -> jax.Array:
+        """query [batch, length, embed] -> float32 logits [batch, length, vocab].
+
+        Accumulating in float32 keeps bf16 runs from rounding the logits to bf16.
+        """
+        table = self.embedding.astype(jnp.dtype(self.dtype))
+        return jnp.einsum("ble,ve->blv", query, table, preferred_element_type=jnp.float32)
+
+
+class DenseGeneral(nn.Module):
+    """Contracts the trailing `contract_axes` input dims with a kernel [*in_dims, *features].
+
+    E.g. embed -> (heads, kv) with contract_axes=1, or (heads, kv) -> embed with
+    contract_axes=2. `kernel_axes` names every kernel dim, input dims first; the bias, if
+    any, takes the names of the output dims.
+    """
+
+    features: tuple[int, ...]
+    contract_axes: int
+    kernel_axes: AxisNames
+    use_bias: bool
+    dtype: str
+    kernel_init: Initializer
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        in_dims = inputs.shape[inputs.ndim - self.contract_axes :]
+        if len(self.kernel_axes) != len(in_dims) + len(self.features):
+            raise ValueError(
+                f"{self.name}: kernel_axes {self.kernel_axes} do not name a kernel of "
+                f"shape {in_dims + tuple(self.features)}"
+            )
+        dtype = jnp.dtype(self.dtype)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+            in_dims + tuple(self.features),
+            PARAM_DTYPE,
+        )
+        input_dims = tuple(range(inputs.ndim - self.contract_axes, inputs.ndim))
+        kernel_dims = tuple(range(self.contract_axes))
+        outputs = jax.lax.dot_general(
+            inputs.astype(dtype), kernel.astype(dtype), ((input_dims, kernel_dims), ((), ()))
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(
+                    nn.initializers.zeros_init(), self.kernel_axes[self.contract_axes :]
+                ),
+                tuple(self.features),
+                PARAM_DTYPE,
+            )
+            outputs = outputs + bias.astype(dtype)
+        return outputs
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last ('embed') dim, computed in float32, returned in `dtype`."""
+
+    epsilon: float
+    dtype: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+            (features,),
+            PARAM_DTYPE,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+            (features,),
+            PARAM_DTYPE,
+        )
+        # bf16 means/variances lose too much precision; normalize in float32.
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        normed = (x32 - mean) * jax.lax.rsqrt(variance + self.epsilon)
+        return (normed * scale + bias).astype(jnp.dtype(self.dtype))
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head dot-product attention; self-attention when inputs_q is inputs_kv.
+
+    Projections go embed -> (heads, kv) and back, so num_heads * head_dim need not equal
+    the model width. The scores are computed by `jax.nn.dot_product_attention`
+    (layout [batch, length, heads, head_dim]), which picks a fused kernel where one exists.
+    """
+
+    num_heads: int
+    head_dim: int
+    use_bias: bool
+    dtype: str
+
+    def _project_in(self, inputs: jax.Array, name: str) -> jax.Array:
+        projection = DenseGeneral(
+            features=(self.num_heads, self.head_dim),
+            contract_axes=1,
+            kernel_axes=("embed", "heads", "kv"),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            kernel_init=fan_in_init(1),
+            name=name,
+        )
+        # [batch, length, heads, kv]
+        return nn.with_logical_constraint(projection(inputs), ("batch", "length", "heads", "kv"))
+
+    @nn.compact
+    def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, mask: jax.Array) -> jax.Array:
+        """inputs_q [batch, q_length, embed], inputs_kv [batch, kv_length, embed],
+        mask bool [batch, 1, q_length, kv_length] (True = attend) -> [batch, q_length, embed].
+        """
+        query = self._project_in(inputs_q, "query")  # [batch, q_length, heads, kv]
+        key = self._project_in(inputs_kv, "key")  # [batch, kv_length, heads, kv]
+        value = self._project_in(inputs_kv, "value")  # [batch, kv_length, heads, kv]
+        # implementation=None lets JAX choose (XLA on CPU/TPU, cuDNN on supported GPUs).
+        attended = jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=None)
+        # [batch, q_length, heads, kv]
+        attended = nn.with_logical_constraint(attended, ("batch", "length", "heads", "kv"))
+        out = DenseGeneral(
+            features=(inputs_q.shape[-1],),
+            contract_axes=2,
+            kernel_axes=("heads", "kv", "embed"),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            kernel_init=fan_in_init(2),
+            name="out",
+        )(attended)
+        # [batch, q_length, embed]
+        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+
+class GeluMlp(nn.Module):
+    """embed -> mlp -> GELU -> embed."""
+
+    d_ff: int
+    use_bias: bool
+    dtype: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [batch, length, embed] -> [batch, length, embed]."""
+        hidden = DenseGeneral(
+            features=(self.d_ff,),
+            contract_axes=1,
+            kernel_axes=("embed", "mlp"),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            kernel_init=fan_in_init(1),
+            name="wi",
+        )(x)
+        # tanh approximation: GPT-2/BERT's form, so converted checkpoints match.
+        hidden = jax.nn.gelu(hidden, approximate=True)
+        # [batch, length, mlp]
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+        out = DenseGeneral(
+            features=(x.shape[-1],),
+            contract_axes=1,
+            kernel_axes=("mlp", "embed"),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            kernel_init=fan_in_init(1),
+            name="wo",
+        )(hidden)
+        # [batch, length, embed]
+        return nn.with_logical_constraint(out, ("batch", "length", "embed"))

@@ -1,0 +1,47 @@
+"""GPT-style causal language modeling: predict every next token of a document."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from t5x_lite.objectives import base
+from t5x_lite.objectives.registry import register
+
+
+@register("causal_lm")
+class CausalLM(base.Objective):
+    """Targets are the document followed by EOS; inputs are the targets shifted right by BOS.
+
+    The shift happens per document, before packing, so a packed row never feeds one
+    document's last token to the next document's first prediction.
+    """
+
+    architectures = ("decoder_only",)
+    pack_mode = base.PACK_CONCAT
+    loss_terms = (base.LossTerm("lm", "logits", "decoder_target_tokens", "decoder_loss_weights"),)
+
+    def __init__(self, *, seq_len: int, bos_id: int, eos_id: int):
+        self.seq_len = seq_len
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+
+    @classmethod
+    def build(cls, tokenizer, **knobs):
+        return cls(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **knobs)
+
+    def feature_lengths(self):
+        return {
+            "decoder_input_tokens": self.seq_len,
+            "decoder_target_tokens": self.seq_len,
+            "decoder_loss_weights": self.seq_len,
+        }
+
+    def preprocess(self, tokens, rng):
+        del rng  # deterministic
+        targets = np.concatenate([tokens, [self.eos_id]]).astype(np.int32)
+        inputs = np.concatenate([[self.bos_id], targets[:-1]]).astype(np.int32)
+        return {
+            "decoder_input_tokens": inputs,
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": np.ones_like(targets),
+        }

@@ -1,0 +1,1 @@
+"""Training: partitioning, optimizers, losses, state, checkpoints, metrics, the trainer."""

@@ -1,0 +1,79 @@
+"""Orbax checkpoints: a step directory holds the train state, the data iterator's
+position and the resolved config.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a
+crash or Ctrl-C mid-save leaves the previous step as the latest good checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from t5x_lite import config as config_lib
+from t5x_lite.errors import UserError
+
+# Config sections that must match between a checkpoint and the run that restores it.
+STRUCTURAL_SECTIONS = ("model", "objective", "tokenizer")
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, *, every: int, keep: int):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.every = every
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_names=("state", "data", "config"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_state: dict, config, *, force: bool = False) -> bool:
+        if not force and (self.every <= 0 or step % self.every):
+            return False
+        if step in self.manager.all_steps():
+            return False
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                config=ocp.args.JsonSave(config_lib.to_dict(config)),
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state, config):
+        """Restore onto the shardings of `abstract_state` (ShapeDtypeStructs with shardings)."""
+        saved_config = self.manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        ).config
+        changed = config_lib.diff(saved_config, config, STRUCTURAL_SECTIONS)
+        if changed:
+            raise UserError(
+                f"the checkpoint in {self.directory} was made with a different config "
+                f"({'; '.join(changed[:3])}); use a new --workdir or the original settings"
+            )
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+            ),
+        )
+        return restored.state, restored.data
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_with_shardings(tree, shardings):
+    return jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        tree,
+        shardings,
+    )

@@ -1,0 +1,60 @@
+"""Optimizers and learning-rate schedules, built from `config.optimizer`."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from t5x_lite.errors import UserError
+
+
+def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
+    """Linear warmup to the peak, then cosine decay to `end_lr_fraction` of it, or constant."""
+    peak = opt_config.learning_rate
+    warmup = opt_config.warmup_steps
+    if opt_config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=peak,
+            warmup_steps=warmup,
+            decay_steps=max(num_steps, warmup + 1),
+            end_value=peak * opt_config.end_lr_fraction,
+        )
+    if opt_config.schedule == "constant":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+            [warmup],
+        )
+    raise UserError(
+        f"config.optimizer.schedule={opt_config.schedule!r} is unknown; use cosine or constant"
+    )
+
+
+def _decay_mask(params):
+    """Weight decay on matrices (embeddings, kernels) only, not biases or norm scales."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: (
+            "bias" not in jax.tree_util.keystr(path) and "scale" not in jax.tree_util.keystr(path)
+        ),
+        params,
+    )
+
+
+def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
+    if opt_config.name != "adamw":
+        raise UserError(f"config.optimizer.name={opt_config.name!r} is unknown; use adamw")
+    schedule = learning_rate_schedule(opt_config, num_steps)
+    chain = []
+    if opt_config.grad_clip_norm > 0:
+        chain.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
+    chain.append(
+        optax.adamw(
+            schedule,
+            b1=opt_config.b1,
+            b2=opt_config.b2,
+            eps=opt_config.eps,
+            weight_decay=opt_config.weight_decay,
+            mask=_decay_mask,
+        )
+    )
+    return optax.chain(*chain)

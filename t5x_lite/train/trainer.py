@@ -1,0 +1,272 @@
+"""The one trainer. Every objective and architecture goes through `train`.
+
+Read top to bottom: mesh, data, model & optimizer (shapes via `jax.eval_shape`), shard &
+init, step functions, restore, loop (with evals, metrics and checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t5x_lite import config as config_lib
+from t5x_lite import models
+from t5x_lite.data import inputs
+from t5x_lite.errors import UserError
+from t5x_lite.train import checkpoints, losses, optim, partitioning
+from t5x_lite.train import metrics as metrics_lib
+from t5x_lite.train.state import TrainState
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config that train, bench and downstream commands share."""
+
+    config: object
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    tokenizer: object
+    objective: object
+    model: nn.Module
+    tx: object
+    state_shardings: object
+    abstract_state: object
+
+    def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Zeros shaped like a packed batch (features, segment ids, positions)."""
+        shapes = dict(self.objective.feature_lengths())
+        for name in list(shapes):
+            group = name.split("_", 1)[0]
+            shapes[f"{group}_segment_ids"] = shapes[f"{group}_positions"] = shapes[name]
+        return {name: np.zeros((batch_size, n), np.int32) for name, n in shapes.items()}
+
+
+def build_run(config, tokenizer) -> Run:
+    """Mesh, objective, model, optimizer and the train state's shapes and shardings."""
+    mesh = partitioning.make_mesh(config.partitioning.mesh)
+    rules = partitioning.rules(config.partitioning)
+    partitioning.check_batch_size(config.data.batch_size, mesh)
+    objective = inputs.build_objective(config, tokenizer)
+    # Model and optimizer; shapes and shardings without allocating anything.
+    model = models.build_model(config.model)
+    tx = optim.make_optimizer(config.optimizer, config.train.num_steps)
+    run = Run(config, mesh, rules, tokenizer, objective, model, tx, None, None)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(_boxed_init(run), jax.random.key(0))
+        run.state_shardings = partitioning.logical_shardings(boxed, mesh, rules)
+    run.abstract_state = checkpoints.abstract_with_shardings(
+        nn.meta.unbox(boxed), run.state_shardings
+    )
+    return run
+
+
+def _boxed_init(run: Run):
+    def init(rng):
+        batch = run.dummy_batch(1)
+        params = run.model.init({"params": rng}, batch, deterministic=True)["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=run.tx.init(params)
+        )
+
+    return init
+
+
+def init_state(run: Run, seed: int) -> TrainState:
+    init = lambda rng: nn.meta.unbox(_boxed_init(run)(rng))
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+        return jax.jit(init, out_shardings=run.state_shardings)(jax.random.key(seed))
+
+
+def loss_sums(run: Run, params, batch, *, dropout_rng):
+    """Model outputs scored by each of the objective's loss terms -> (loss, per-term sums)."""
+    deterministic = dropout_rng is None
+    rngs = {} if deterministic else {"dropout": dropout_rng}
+    outputs = run.model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs)
+    total, sums = 0.0, {}
+    for term in run.objective.loss_terms:
+        term_sums = losses.cross_entropy(
+            outputs[term.output],
+            batch[term.targets],
+            batch[term.weights],
+            label_smoothing=run.config.loss.label_smoothing,
+            z_loss=run.config.loss.z_loss,
+        )
+        total += term_sums["loss_sum"] / jnp.maximum(term_sums["weight_sum"], 1.0)
+        sums[term.name] = term_sums
+    return total, sums
+
+
+def make_train_step(run: Run):
+    dropout_key = jax.random.key(run.config.seed + 1)
+    schedule = optim.learning_rate_schedule(run.config.optimizer, run.config.train.num_steps)
+
+    def train_step(state: TrainState, batch):
+        # Dropout depends only on the step, so a resumed run draws the same masks.
+        rng = jax.random.fold_in(dropout_key, state.step)
+        grad_fn = jax.value_and_grad(
+            lambda p: loss_sums(run, p, batch, dropout_rng=rng), has_aux=True
+        )
+        (_, sums), grads = grad_fn(state.params)
+        new_state = state.apply_gradients(grads, run.tx)
+        extras = {
+            "grad_norm": jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
+            "learning_rate": schedule(state.step),
+        }
+        return new_state, (sums, extras)
+
+    replicated = partitioning.replicated(run.mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(run.state_shardings, partitioning.batch_sharding(run.mesh)),
+        out_shardings=(run.state_shardings, replicated),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(run: Run):
+    def eval_step(params, batch):
+        return loss_sums(run, params, batch, dropout_rng=None)[1]
+
+    return jax.jit(
+        eval_step,
+        in_shardings=(run.state_shardings.params, partitioning.batch_sharding(run.mesh)),
+        out_shardings=partitioning.replicated(run.mesh),
+    )
+
+
+def evaluate(run: Run, eval_step, params, dataset, max_batches: int) -> dict[str, float]:
+    totals: dict = {}
+    for i, host_batch in enumerate(dataset):
+        if max_batches and i >= max_batches:
+            break
+        sums = eval_step(params, partitioning.host_batch_to_global(host_batch, run.mesh))
+        totals = jax.tree.map(lambda a, b: a + b, totals, sums) if totals else sums
+    out = {}
+    for term, term_sums in jax.device_get(totals).items():
+        out.update(metrics_lib.summarize(term_sums, f"eval/{term}"))
+    return out
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run: Run
+    state: TrainState
+    history: list  # one dict of metrics per logged step
+    workdir: str
+
+
+def train(config, workdir: str) -> TrainResult:
+    """Train (or resume) the run described by `config` in `workdir`."""
+    # Settings that cannot work fail here, before any data is read or anything compiled.
+    partitioning.check_batch_size(
+        config.data.batch_size, partitioning.make_mesh(config.partitioning.mesh)
+    )
+    config_lib.save(config, workdir)
+    train_docs, eval_docs = inputs.load_documents(config.data)
+    run = build_run(config, inputs.load_or_train_tokenizer(config, workdir, train_docs))
+    train_ds = inputs.train_dataset(config, train_docs, run.tokenizer, run.objective)
+    eval_ds = eval_docs and inputs.eval_dataset(config, eval_docs, run.tokenizer, run.objective)
+    train_step, eval_step = make_train_step(run), make_eval_step(run)
+
+    # Restore, or initialize from the seed.
+    ckpt = checkpoints.Checkpointer(
+        workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
+    )
+    train_iter = iter(train_ds)
+    start = ckpt.latest_step()
+    if start is not None:
+        state, data_state = ckpt.restore(start, run.abstract_state, config)
+        train_iter.set_state(data_state)
+    else:
+        start, state = 0, init_state(run, config.seed)
+    writer = metrics_lib.MetricWriter(workdir)
+    loop = _Loop(run, ckpt, writer, train_iter, train_step, eval_step, eval_ds)
+    try:
+        state = loop.execute(state, start)
+    except KeyboardInterrupt:
+        ckpt.close()
+        raise UserError(
+            f"interrupted; the latest checkpoint is step {ckpt.latest_step()} in "
+            f"{ckpt.directory}: rerun the same command to resume"
+        ) from None
+    finally:
+        writer.close()
+    ckpt.close()
+    return TrainResult(run, state, loop.history, workdir)
+
+
+class _Loop:
+    """The step loop: feed batches, log every `log_every`, evaluate, checkpoint."""
+
+    def __init__(self, run, ckpt, writer, train_iter, train_step, eval_step, eval_ds):
+        self.run, self.ckpt, self.writer = run, ckpt, writer
+        self.train_iter, self.train_step, self.eval_step = train_iter, train_step, eval_step
+        self.eval_ds = eval_ds
+        self.history: list[dict] = []
+
+    def execute(self, state, start: int):
+        cfg = self.run.config.train
+        progress = metrics_lib.Progress(start, cfg.num_steps, cfg.progress_bar)
+        pending, tokens, tick, last_logged = None, 0, time.perf_counter(), start
+        with jax.set_mesh(self.run.mesh), nn.logical_axis_rules(self.run.rules):
+            for step in range(start + 1, cfg.num_steps + 1):
+                host_batch = next(self.train_iter)
+                batch = partitioning.host_batch_to_global(host_batch, self.run.mesh)
+                state, step_metrics = self.train_step(state, batch)
+                # Sum metrics on device: no host sync until the next log line.
+                pending = (
+                    step_metrics
+                    if pending is None
+                    else jax.tree.map(lambda a, b: a + b, pending, step_metrics)
+                )
+                tokens += host_batch[next(iter(host_batch))].size * jax.process_count()
+                if step % cfg.log_every == 0 or step == cfg.num_steps:
+                    now = time.perf_counter()
+                    row = self._log(step, pending, step - last_logged, tokens / (now - tick))
+                    term = self.run.objective.loss_terms[0].name
+                    progress.update(
+                        step - last_logged,
+                        loss=f"{row[f'train/{term}/loss']:.3f}",
+                        tok_s=f"{row['train/tokens_per_s']:.0f}",
+                    )
+                    pending, tokens, tick, last_logged = None, 0, now, step
+                if self.eval_ds is not None and (
+                    step % cfg.eval_every == 0 or step == cfg.num_steps
+                ):
+                    row = evaluate(
+                        self.run, self.eval_step, state.params, self.eval_ds, cfg.eval_batches
+                    )
+                    self.writer.write(step, row)
+                    self.history.append({"step": step, **row})
+                    progress.write(_format(step, row))
+                self.ckpt.save(
+                    step,
+                    state,
+                    self.train_iter.get_state(),
+                    self.run.config,
+                    force=step == cfg.num_steps,
+                )
+        progress.close()
+        return state
+
+    def _log(self, step, pending, num_steps, tokens_per_s):
+        sums, extras = jax.device_get(pending)
+        row = {}
+        for term, term_sums in sums.items():
+            row.update(metrics_lib.summarize(term_sums, f"train/{term}"))
+        row["train/grad_norm"] = extras["grad_norm"] / num_steps
+        row["train/learning_rate"] = extras["learning_rate"] / num_steps
+        row["train/tokens_per_s"] = tokens_per_s
+        self.writer.write(step, row)
+        self.history.append({"step": step, **row})
+        return row
+
+
+def _format(step: int, row: dict) -> str:
+    shown = {k: v for k, v in row.items() if k.endswith(("loss", "perplexity", "accuracy"))}
+    return f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items())

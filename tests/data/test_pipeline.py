@@ -1,0 +1,175 @@
+"""The grain pipeline: shapes, coverage, determinism, resumption, sharding, epochs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from t5x_lite import tokenizer as tok_lib
+from t5x_lite.data.pipeline import make_dataset
+from t5x_lite.errors import UserError
+from t5x_lite.objectives.causal_lm import CausalLM
+
+FEATURES = (
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+    "decoder_segment_ids",
+    "decoder_positions",
+)
+
+
+def corpus(num_docs: int = 60) -> list[str]:
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "tasty", "model", "data", "token", "pack", "row"]
+    return [" ".join(rng.choice(words, rng.integers(2, 30))) + "." for _ in range(num_docs)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    prefix = tmp_path_factory.mktemp("pipeline_tok") / "tok"
+    path = tok_lib.train_tokenizer(
+        corpus(), str(prefix), vocab_size=400, model_type="bpe", max_sentences=1000
+    )
+    return tok_lib.Tokenizer(path)
+
+
+class NumberTokenizer:
+    """Document "17" -> [17]: makes the document order readable from the batches."""
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.array([int(text)], np.int32) if text else np.zeros(0, np.int32)
+
+
+class RandomWeightCausalLM(CausalLM):
+    """CausalLM whose loss weights are one draw from the rng: exposes the rng stream."""
+
+    def preprocess(self, tokens, rng):
+        example = super().preprocess(tokens, None)
+        example["decoder_loss_weights"][:] = rng.integers(1, 2**30)
+        return example
+
+
+def build(docs, tokenizer, objective=None, **overrides):
+    kwargs = dict(batch_size=4, seed=0, shuffle=True, num_epochs=1, shard_index=0,
+                  shard_count=1, pad_final_batch=True)  # fmt: skip
+    kwargs.update(overrides)
+    objective = objective or CausalLM(seq_len=32, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+    return make_dataset(docs, tokenizer, objective, **kwargs)
+
+
+def take(iterator, count):
+    return [next(iterator) for _ in range(count)]
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def doc_order(batches) -> list[int]:
+    """Document numbers in order of appearance (NumberTokenizer, seq_len 2 per doc)."""
+    targets = np.concatenate([batch["decoder_target_tokens"].reshape(-1) for batch in batches])
+    return [int(t) for t in targets if t > tok_lib.EOS_ID]
+
+
+def test_batch_shapes_and_token_coverage(tokenizer):
+    docs = corpus()
+    batches = list(build(docs, tokenizer, shuffle=False))
+    for batch in batches:
+        assert tuple(batch) == FEATURES
+        assert all(v.shape == (4, 32) and v.dtype == np.int32 for v in batch.values())
+    targets = np.concatenate([b["decoder_target_tokens"] for b in batches])  # [rows, 32]
+    segment_ids = np.concatenate([b["decoder_segment_ids"] for b in batches])
+    # Every document token and one EOS per document, in document order, nothing else.
+    expected = np.concatenate([np.append(tokenizer.encode(d), tok_lib.EOS_ID) for d in docs])
+    assert np.array_equal(targets[segment_ids > 0], expected)
+    assert (targets[segment_ids == 0] == 0).all()
+    assert np.array_equal(batches[0]["decoder_input_tokens"][0, :3],
+                          [tok_lib.BOS_ID, *tokenizer.encode(docs[0])[:2]])  # fmt: skip
+
+
+def test_final_batch_padded_or_dropped():
+    docs = [str(i) for i in range(10, 20)]  # 10 docs x 2 tokens = 5 rows of 4
+    objective = CausalLM(seq_len=4, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+    padded = list(build(docs, NumberTokenizer(), objective, batch_size=2, pad_final_batch=True))
+    assert len(padded) == 3
+    assert (padded[-1]["decoder_loss_weights"][1] == 0).all()
+    assert (padded[-1]["decoder_segment_ids"][1] == 0).all()
+    dropped = list(build(docs, NumberTokenizer(), objective, batch_size=2, pad_final_batch=False))
+    assert len(dropped) == 2
+    assert_batches_equal(dropped, padded[:2])
+
+
+def test_resume_from_saved_state(tokenizer):
+    dataset = build(corpus(), tokenizer, num_epochs=None)
+    iterator = iter(dataset)
+    take(iterator, 3)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = take(iterator, 4)
+    resumed = iter(dataset)
+    resumed.set_state(state)
+    assert_batches_equal(take(resumed, 4), expected)
+
+
+def test_seed_determines_batches(tokenizer):
+    docs = corpus()
+    first = take(iter(build(docs, tokenizer, seed=3)), 3)
+    assert_batches_equal(take(iter(build(docs, tokenizer, seed=3)), 3), first)
+    other = take(iter(build(docs, tokenizer, seed=4)), 3)
+    assert not np.array_equal(other[0]["decoder_target_tokens"], first[0]["decoder_target_tokens"])
+
+
+def test_each_epoch_is_a_new_permutation():
+    docs = [str(i) for i in range(10, 40)]
+    objective = CausalLM(seq_len=60, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+    order = doc_order(build(docs, NumberTokenizer(), objective, batch_size=1, num_epochs=3))
+    epochs = [order[0:30], order[30:60], order[60:90]]
+    assert all(sorted(epoch) == list(range(10, 40)) for epoch in epochs)
+    assert epochs[0] != epochs[1] != epochs[2] and epochs[0] != list(range(10, 40))
+
+
+def test_objective_rng_is_fresh_each_epoch_and_repeatable():
+    docs = [str(i) for i in range(10, 16)]
+    objective = RandomWeightCausalLM(seq_len=2, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+
+    def weights_by_epoch(seed):
+        batches = build(docs, NumberTokenizer(), objective, batch_size=1, shuffle=False,
+                        num_epochs=2, seed=seed)  # fmt: skip
+        return np.array([b["decoder_loss_weights"][0, 0] for b in batches]).reshape(2, 6)
+
+    weights = weights_by_epoch(seed=0)
+    assert (weights[0] != weights[1]).all()  # same document, new draw next epoch
+    assert np.array_equal(weights_by_epoch(seed=0), weights)
+
+
+def test_shards_are_disjoint_and_cover_all_documents():
+    docs = [str(i) for i in range(10, 33)]
+    objective = CausalLM(seq_len=8, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+    shards = [
+        doc_order(build(docs, NumberTokenizer(), objective, shard_index=i, shard_count=3))
+        for i in range(3)
+    ]
+    assert sorted(sum(shards, [])) == list(range(10, 33))
+    assert [len(shard) for shard in shards] == [8, 8, 7]
+
+
+def test_empty_documents_are_skipped():
+    objective = CausalLM(seq_len=4, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+    batches = list(build(["11", "", "12"], NumberTokenizer(), objective, shuffle=False))
+    assert doc_order(batches) == [11, 12]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"shard_index": 3, "shard_count": 3}, "shard index"),
+        ({"batch_size": 0}, "batch size"),
+        ({"seed": -1}, "seed"),
+        ({"shard_count": 5}, "cannot be split"),
+    ],
+)
+def test_bad_arguments_are_user_errors(overrides, match):
+    with pytest.raises(UserError, match=match):
+        build(["11", "12", "13"], NumberTokenizer(), **overrides)

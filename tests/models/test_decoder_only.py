@@ -1,0 +1,280 @@
+"""DecoderOnly: shapes, init scale, logical names, masking, remat, dtype, dropout."""
+
+import functools
+import math
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from t5x_lite.errors import UserError
+from t5x_lite.models import ARCHITECTURES, build_model
+from t5x_lite.models.decoder_only import DecoderOnly
+
+BATCH, LENGTH, VOCAB = 2, 16, 128
+# Unoptimized CPU codegen halves XLA compile time, which dominates these tiny-model tests;
+# every compared pair of results is compiled the same way.
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+LOGICAL_NAMES = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers", None}
+
+
+def tiny_config(**overrides) -> dict:
+    config = {
+        "arch": "decoder_only",
+        "vocab_size": VOCAB,
+        "d_model": 32,
+        "num_layers": 2,
+        "num_heads": 4,
+        "head_dim": 8,
+        "d_ff": 64,
+        "max_len": LENGTH,
+        "dropout_rate": 0.1,
+        "tie_embeddings": True,
+        "dtype": "float32",
+        "remat_policy": "none",
+    }
+    config.update(overrides)
+    return config
+
+
+def unpacked_batch(seed: int) -> dict[str, jax.Array]:
+    tokens = np.random.default_rng(seed).integers(0, VOCAB, (BATCH, LENGTH))
+    return {
+        "decoder_input_tokens": jnp.asarray(tokens, jnp.int32),
+        "decoder_segment_ids": jnp.ones((BATCH, LENGTH), jnp.int32),
+        "decoder_positions": jnp.tile(jnp.arange(LENGTH, dtype=jnp.int32), (BATCH, 1)),
+        "decoder_target_tokens": jnp.asarray(tokens, jnp.int32),  # ignored by the model
+    }
+
+
+@functools.cache
+def untied_variables():
+    """Initialized once: compiling init is the slowest step of these tests.
+
+    The tied model's params are exactly these minus 'logits_kernel', so every
+    configuration below reuses them. The 'rbg' key (same distributions, different bit
+    generator) halves init compile time on CPU compared with the default threefry.
+    """
+    model = build_model(tiny_config(tie_embeddings=False))
+    init = fast_jit(functools.partial(model.init, deterministic=True))
+    return init(jax.random.key(0, impl="rbg"), unpacked_batch(0))
+
+
+def variables_for(tie_embeddings: bool):
+    variables = untied_variables()
+    if not tie_embeddings:
+        return variables
+    params = {k: v for k, v in variables["params"].items() if k != "logits_kernel"}
+    return {"params": params}
+
+
+@functools.cache
+def forward_for(**overrides):
+    """(model, jitted deterministic forward(variables, batch)) for tiny_config(**overrides)."""
+    model = build_model(tiny_config(**overrides))
+    forward = fast_jit(lambda variables, batch: model.apply(variables, batch, deterministic=True))
+    return model, forward
+
+
+def mean_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], axis=-1))
+
+
+def boxed_leaves(variables) -> dict[str, nn.LogicallyPartitioned]:
+    is_box = lambda leaf: isinstance(leaf, nn.LogicallyPartitioned)
+    flat = jax.tree_util.tree_leaves_with_path(variables, is_leaf=is_box)
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf for path, leaf in flat}
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_logits_shape_dtype_and_initial_loss_near_uniform(tie_embeddings):
+    variables = variables_for(tie_embeddings)
+    _, forward = forward_for(tie_embeddings=tie_embeddings)
+    batch = unpacked_batch(1)
+    logits = forward(variables, batch)["logits"]
+    assert logits.shape == (BATCH, LENGTH, VOCAB)
+    assert logits.dtype == jnp.float32
+    loss = float(mean_loss(logits, batch["decoder_input_tokens"]))
+    assert abs(loss - math.log(VOCAB)) < 0.3
+
+
+def test_forward_compiles_in_seconds_with_default_optimization():
+    model = build_model(tiny_config())
+    batch = unpacked_batch(0)
+    abstract = jax.eval_shape(
+        functools.partial(model.init, deterministic=True), jax.random.key(0), batch
+    )
+    start = time.perf_counter()
+    forward = jax.jit(lambda variables: model.apply(variables, batch, deterministic=True))
+    forward.lower(abstract).compile()
+    # Scanned layers keep this flat in depth; minutes would mean unrolled layers.
+    assert time.perf_counter() - start < 30
+
+
+def test_every_param_has_logical_names_and_layers_are_stacked():
+    variables = variables_for(tie_embeddings=True)
+    leaves = boxed_leaves(variables)
+    unboxed = jax.tree_util.tree_leaves(nn.meta.unbox(variables))
+    assert len(leaves) == len(unboxed)  # no param escaped boxing
+    for path, leaf in leaves.items():
+        assert isinstance(leaf, nn.LogicallyPartitioned), path
+        assert len(leaf.names) == leaf.value.ndim, path
+        assert set(leaf.names) <= LOGICAL_NAMES, path
+        if path.startswith("params/layers/"):
+            assert leaf.names[0] == "layers", path
+            assert leaf.value.shape[0] == 2, path
+    assert leaves["params/token_embed/embedding"].names == ("vocab", "embed")
+    assert leaves["params/layers/mlp/wi/kernel"].names == ("layers", "embed", "mlp")
+    assert leaves["params/layers/mlp/wi/kernel"].value.shape == (2, 32, 64)
+    assert leaves["params/layers/attention/query/kernel"].names == (
+        "layers",
+        "embed",
+        "heads",
+        "kv",
+    )
+    specs = nn.get_partition_spec(variables)
+    assert specs["params"]["token_embed"]["embedding"] == jax.sharding.PartitionSpec(
+        "vocab", "embed"
+    )
+
+
+def test_tied_head_has_no_output_kernel_untied_has_embed_vocab_kernel():
+    def param_shapes(tie_embeddings):
+        model = build_model(tiny_config(tie_embeddings=tie_embeddings))
+        init = functools.partial(model.init, deterministic=True)
+        return boxed_leaves(jax.eval_shape(init, jax.random.key(0), unpacked_batch(0)))
+
+    tied, untied = param_shapes(True), param_shapes(False)
+    assert set(untied) - set(tied) == {"params/logits_kernel"}
+    assert set(tied) <= set(untied)
+    kernel = untied["params/logits_kernel"]
+    assert kernel.names == ("embed", "vocab")
+    assert kernel.value.shape == (32, VOCAB)
+
+
+def test_causal_changing_token_t_leaves_earlier_logits_exactly_unchanged():
+    variables = variables_for(tie_embeddings=True)
+    _, forward = forward_for()
+    batch = unpacked_batch(2)
+    t = 5
+    perturbed = dict(batch)
+    perturbed["decoder_input_tokens"] = batch["decoder_input_tokens"].at[:, t].add(1) % VOCAB
+    logits = forward(variables, batch)["logits"]
+    logits_perturbed = forward(variables, perturbed)["logits"]
+    np.testing.assert_array_equal(logits[:, :t], logits_perturbed[:, :t])
+    assert float(jnp.min(jnp.max(jnp.abs(logits[:, t] - logits_perturbed[:, t]), -1))) > 1e-4
+
+
+def packed_and_alone_rows(first_doc: list[int], second_doc: list[int]) -> dict[str, jax.Array]:
+    """Row 0 packs doc 1 (4 tokens) and doc 2 (3 tokens, positions restart at 0), then
+    padding; row 1 holds doc 2 alone at the start of its row."""
+    pad = [0] * (LENGTH - 7)
+    return {
+        "decoder_input_tokens": jnp.array(
+            [first_doc + second_doc + pad, second_doc + [0] * (LENGTH - 3)], jnp.int32
+        ),
+        "decoder_segment_ids": jnp.array(
+            [[1, 1, 1, 1, 2, 2, 2] + pad, [1, 1, 1] + [0] * (LENGTH - 3)], jnp.int32
+        ),
+        "decoder_positions": jnp.array(
+            [[0, 1, 2, 3, 0, 1, 2] + pad, [0, 1, 2] + [0] * (LENGTH - 3)], jnp.int32
+        ),
+    }
+
+
+def test_packed_documents_do_not_attend_across_segments():
+    variables = variables_for(tie_embeddings=True)
+    _, forward = forward_for()
+    second_doc = [7, 8, 9]
+    logits = forward(variables, packed_and_alone_rows([1, 2, 3, 4], second_doc))["logits"]
+    logits_other_first = forward(variables, packed_and_alone_rows([50, 60, 70, 80], second_doc))[
+        "logits"
+    ]
+    # Segment 2 ignores segment 1 ...
+    np.testing.assert_allclose(logits[0, 4:7], logits_other_first[0, 4:7], rtol=0, atol=1e-6)
+    assert not np.allclose(logits[0, :4], logits_other_first[0, :4], atol=1e-3)
+    # ... and matches the same document run alone from the start of a row.
+    np.testing.assert_allclose(logits[0, 4:7], logits[1, :3], rtol=0, atol=1e-5)
+    assert bool(jnp.all(jnp.isfinite(logits)))  # padding queries are never all-masked
+
+
+def test_remat_policies_give_identical_loss_and_grads():
+    variables = variables_for(tie_embeddings=True)
+    batch = unpacked_batch(3)
+    results = {}
+    for policy in ("none", "full", "dots_saveable"):
+        model = build_model(tiny_config(remat_policy=policy))
+
+        def loss_fn(params, model=model):
+            logits = model.apply(params, batch, deterministic=True)["logits"]
+            return mean_loss(logits, batch["decoder_input_tokens"])
+
+        results[policy] = fast_jit(jax.value_and_grad(loss_fn))(variables)
+    loss_none, grads_none = results["none"]
+    for policy in ("full", "dots_saveable"):
+        loss, grads = results[policy]
+        np.testing.assert_allclose(loss, loss_none, rtol=0, atol=1e-6)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
+            nn.meta.unbox(grads),
+            nn.meta.unbox(grads_none),
+        )
+
+
+def test_bfloat16_compute_returns_float32_logits_close_to_float32():
+    variables = variables_for(tie_embeddings=True)  # float32 params for both runs
+    _, forward32 = forward_for()
+    _, forward16 = forward_for(dtype="bfloat16")
+    batch = unpacked_batch(4)
+    logits32 = forward32(variables, batch)["logits"]
+    logits16 = forward16(variables, batch)["logits"]
+    assert logits16.dtype == jnp.float32
+    difference = float(jnp.max(jnp.abs(logits16 - logits32)))
+    assert 0 < difference < 0.02  # nonzero: bf16 compute really happened
+
+
+def test_dropout_reproducible_when_deterministic_and_random_otherwise():
+    variables = variables_for(tie_embeddings=True)
+    model, forward = forward_for()
+    batch = unpacked_batch(5)
+    np.testing.assert_array_equal(
+        forward(variables, batch)["logits"], forward(variables, batch)["logits"]
+    )
+
+    @fast_jit
+    def train_forward(dropout_key):
+        outputs = model.apply(variables, batch, deterministic=False, rngs={"dropout": dropout_key})
+        return outputs["logits"]
+
+    first = train_forward(jax.random.key(1, impl="rbg"))
+    np.testing.assert_array_equal(first, train_forward(jax.random.key(1, impl="rbg")))
+    assert not np.allclose(first, train_forward(jax.random.key(2, impl="rbg")), atol=1e-3)
+    assert not np.allclose(first, forward(variables, batch)["logits"], atol=1e-3)
+
+
+def test_build_model_accepts_config_dict_and_registry_names():
+    model = build_model(ml_collections.ConfigDict(tiny_config()))
+    assert isinstance(model, DecoderOnly)
+    assert model.num_layers == 2
+    assert ARCHITECTURES["decoder_only"] is DecoderOnly
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (tiny_config(arch="gpt"), "config.model.arch='gpt'.*decoder_only"),
+        ({k: v for k, v in tiny_config().items() if k != "arch"}, "config.model.arch"),
+        (tiny_config(n_layers=3), "unknown field.*n_layers"),
+        ({k: v for k, v in tiny_config().items() if k != "d_ff"}, "missing field.*d_ff"),
+        (tiny_config(remat_policy="some"), "remat_policy='some'.*dots_saveable"),
+        (tiny_config(dtype="float16"), "dtype='float16'.*bfloat16"),
+    ],
+)
+def test_build_model_errors_name_the_bad_key(config, message):
+    with pytest.raises(UserError, match=message):
+        build_model(ml_collections.ConfigDict(config))

@@ -1,0 +1,99 @@
+"""Building blocks: masks worked by hand, logical names, dtype handling."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t5x_lite.models import layers
+
+# Unoptimized CPU codegen: compile time, not compute, dominates these tiny checks.
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+KEY = jax.random.key(0, impl="rbg")  # cheaper to compile than threefry; same distributions
+
+
+def test_causal_segment_mask_packed_row_by_hand():
+    # Two documents and one padding token: [doc 1, doc 1, doc 2, doc 2, pad].
+    segment_ids = jnp.array([[1, 1, 2, 2, 0]], jnp.int32)
+    mask = layers.causal_segment_mask(segment_ids)
+    expected = np.array(
+        [
+            [1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [0, 0, 1, 0, 0],
+            [0, 0, 1, 1, 0],
+            [0, 0, 0, 0, 1],  # padding sees only itself: never an all-masked row
+        ],
+        bool,
+    )
+    assert mask.shape == (1, 1, 5, 5)
+    assert mask.dtype == jnp.bool_
+    np.testing.assert_array_equal(mask[0, 0], expected)
+
+
+def test_every_query_sees_a_key_even_in_an_all_padding_row():
+    segment_ids = jnp.array([[0, 0, 0], [1, 0, 0]], jnp.int32)
+    mask = layers.causal_segment_mask(segment_ids)
+    assert bool(jnp.all(jnp.any(mask, axis=-1)))
+
+
+def test_segment_mask_cross_lengths():
+    query_segments = jnp.array([[1, 2]], jnp.int32)
+    key_segments = jnp.array([[2, 1, 1]], jnp.int32)
+    mask = layers.segment_mask(query_segments, key_segments)
+    np.testing.assert_array_equal(mask[0, 0], [[0, 1, 1], [1, 0, 0]])
+
+
+def test_dense_general_contracts_trailing_axes_with_fan_in_init():
+    dense = layers.DenseGeneral(
+        features=(16,),
+        contract_axes=2,
+        kernel_axes=("heads", "kv", "embed"),
+        use_bias=True,
+        dtype="float32",
+        kernel_init=layers.fan_in_init(2),
+    )
+    x = jnp.ones((2, 3, 4, 50))  # [batch, length, heads, kv]
+    variables = fast_jit(dense.init)(KEY, x)
+    kernel = variables["params"]["kernel"]
+    assert isinstance(kernel, nn.LogicallyPartitioned)
+    assert kernel.names == ("heads", "kv", "embed")
+    assert variables["params"]["bias"].names == ("embed",)
+    # fan_in = heads * kv = 200, so the kernel std is about 1/sqrt(200).
+    assert abs(float(jnp.std(kernel.value)) - 200**-0.5) < 0.01
+    out = fast_jit(dense.apply)(variables, x)
+    expected = jnp.einsum("blhd,hde->ble", x, kernel.value)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_embed_attend_is_matmul_with_table_in_float32():
+    embed = layers.Embed(10, 4, ("vocab", "embed"), "bfloat16")
+    ids = jnp.array([[1, 2, 3]], jnp.int32)
+    variables = fast_jit(embed.init)(KEY, ids)
+    table = variables["params"]["embedding"].value
+    vectors = embed.apply(variables, ids)
+    assert vectors.dtype == jnp.bfloat16
+    logits = embed.apply(variables, vectors, method=layers.Embed.attend)
+    assert logits.shape == (1, 3, 10)
+    assert logits.dtype == jnp.float32
+    expected = vectors.astype(jnp.float32) @ table.astype(jnp.bfloat16).astype(jnp.float32).T
+    np.testing.assert_allclose(logits, expected, rtol=1e-2, atol=1e-4)
+
+
+def test_layer_norm_normalizes_in_float32_and_returns_dtype():
+    norm = layers.LayerNorm(epsilon=1e-5, dtype="bfloat16")
+    x = jnp.arange(8, dtype=jnp.float32).reshape(1, 1, 8) * 100.0
+    variables = fast_jit(norm.init)(KEY, x)
+    assert variables["params"]["scale"].names == ("embed",)
+    out = norm.apply(variables, x)
+    assert out.dtype == jnp.bfloat16
+    out32 = out.astype(jnp.float32)
+    assert abs(float(jnp.mean(out32))) < 1e-2
+    assert abs(float(jnp.std(out32)) - 1.0) < 1e-2
+
+
+def test_logical_constraint_is_identity_without_mesh_or_rules():
+    x = jnp.arange(6.0).reshape(1, 2, 3)
+    assert nn.with_logical_constraint(x, ("batch", "length", "embed")) is x

@@ -1,0 +1,152 @@
+"""The `t5x-lite` command in a subprocess: a real run end to end, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config.data.batch_size=4",
+    "--config.objective.seq_len=32",
+    "--config.model.d_model=32",
+    "--config.model.num_layers=1",
+    "--config.model.num_heads=2",
+    "--config.model.head_dim=16",
+    "--config.model.d_ff=64",
+    "--config.tokenizer.vocab_size=450",
+    "--config.data.heldout_docs=4",
+]
+
+
+def cli(*args, timeout=300):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "t5x_lite.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "corpus.txt"
+    syllables = ["ka", "lo", "mi", "ren", "tas", "po", "qui", "sel", "dor", "va", "ne", "zu"]
+    words = [a + b + c for a in syllables for b in syllables[3:8] for c in syllables[5:]]
+    lines = [" ".join(words[(i * 7 + j * 13) % len(words)] for j in range(9)) for i in range(60)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.slow
+def test_train_end_to_end(tmp_path, corpus):
+    workdir = tmp_path / "run"
+    args = [
+        "train",
+        "--config=gin_configs/pretrain.py:gpt_tiny",
+        f"--workdir={workdir}",
+        "--config.data.train.kind=text",
+        f"--config.data.train.path={corpus}",
+        "--config.data.train.doc_mode=line",
+        "--config.train.num_steps=6",
+        "--config.train.log_every=3",
+        "--config.train.eval_every=6",
+        "--config.train.checkpoint_every=3",
+        "--config.sample.max_new_tokens=5",
+        *TINY,
+    ]
+    out = cli(*args)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--- sample" in out.stdout and str(workdir) in out.stdout
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "train/lm/loss" in r] == [3, 6]
+    assert any("eval/lm/perplexity" in r for r in rows)
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+    assert json.load(open(workdir / "config.json"))["train"]["num_steps"] == 6
+    assert os.path.exists(workdir / "tokenizer.model")
+    # Rerunning the finished command resumes at the end and trains nothing more.
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(open(workdir / "metrics.jsonl").readlines()) == len(rows)
+
+
+def _one_line_error(out, *needles):
+    assert out.returncode == 2, (out.stdout[-1000:], out.stderr[-2000:])
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_config_key(tmp_path):
+    out = cli(
+        "train",
+        "--config=gin_configs/pretrain.py:gpt_tiny",
+        f"--workdir={tmp_path}",
+        "--config.train.num_stepz=3",
+    )
+    _one_line_error(out, "train.num_stepz", "train.num_steps")
+
+
+def test_wrong_type(tmp_path):
+    out = cli(
+        "train",
+        "--config=gin_configs/pretrain.py:gpt_tiny",
+        f"--workdir={tmp_path}",
+        "--config.train.num_steps=many",
+    )
+    _one_line_error(out, "train.num_steps", "int")
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (None, "does not exist"),
+        (b"", "empty"),
+        (b"good line\n\xff\xfe bad bytes\n", "UTF-8"),
+    ],
+)
+def test_bad_data_files(tmp_path, content, needle):
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    out = cli(
+        "train",
+        "--config=gin_configs/pretrain.py:gpt_tiny",
+        f"--workdir={tmp_path}/run",
+        "--config.data.train.kind=text",
+        f"--config.data.train.path={path}",
+    )
+    _one_line_error(out, needle, "data.txt")
+
+
+def test_mesh_that_does_not_divide_devices(tmp_path, corpus):
+    out = cli(
+        "train",
+        "--config=gin_configs/pretrain.py:gpt_tiny",
+        f"--workdir={tmp_path}/run",
+        "--config.data.train.kind=text",
+        f"--config.data.train.path={corpus}",
+        "--config.data.train.doc_mode=line",
+        "--config.partitioning.mesh.data=3",
+        *TINY,
+    )
+    _one_line_error(out, "config.partitioning.mesh")
+
+
+def test_tokenizer_command(tmp_path, corpus):
+    out = cli(
+        "tokenizer",
+        f"--input={corpus}",
+        "--vocab_size=420",
+        "--model_type=unigram",
+        f"--output={tmp_path}/spm",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert os.path.exists(tmp_path / "spm.model")
+    assert "taaaaasty" in out.stdout and "<unk>" not in out.stdout
