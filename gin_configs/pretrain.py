@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
         tie_embeddings=True,
         dtype="float32",  # computation dtype: float32 | bfloat16 (params stay float32)
         remat_policy="none",  # none | full | dots_saveable
+        # dot_product_attention = jax.nn.dot_product_attention (cuDNN's fused kernel on GPUs);
+        # einsum = the same math spelled out, ~1.6x faster attention backward on XLA:CPU.
+        attention_impl="dot_product_attention",
     )
 
     config.partitioning = dict(

@@ -7,3 +7,7 @@ class UserError(ValueError):
     The message is one line that says what is wrong and what to change. The CLI prints
     `error: <message>` and exits with status 2 instead of showing a traceback.
     """
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM stopped a run; the message says where it can resume from."""

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
-from t5x_lite.errors import UserError
+from t5x_lite.errors import Interrupted, UserError
 
 
 def _split_overrides(extra: list[str]) -> list[tuple[str, str]]:
@@ -159,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     try:
         args.fn(args, extra)
+    except Interrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 130
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -168,8 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # A preempted or killed job (SIGTERM) stops the way Ctrl-C does: cleanly, between steps.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     sys.exit(main())
 
 

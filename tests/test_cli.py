@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -150,3 +152,45 @@ def test_tokenizer_command(tmp_path, corpus):
     assert out.returncode == 0, out.stderr[-2000:]
     assert os.path.exists(tmp_path / "spm.model")
     assert "taaaaasty" in out.stdout and "<unk>" not in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_keeps_the_latest_checkpoint_and_resumes(tmp_path, corpus, sig):
+    workdir = tmp_path / "run"
+    args = [
+        "train",
+        "--config=gin_configs/pretrain.py:gpt_tiny",
+        f"--workdir={workdir}",
+        "--config.data.train.kind=text",
+        f"--config.data.train.path={corpus}",
+        "--config.data.train.doc_mode=line",
+        "--config.train.log_every=1",
+        "--config.train.checkpoint_every=3",
+        "--config.train.progress_bar=false",
+        "--config.sample.max_new_tokens=0",
+        *TINY,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "t5x_lite.main", *args, "--config.train.num_steps=100000"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while not (workdir / "checkpoints" / "6").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
+    assert "interrupted" in line and "rerun the same command" in line
+    latest = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    assert latest >= 6
+    # The latest checkpoint restores: a rerun continues from it to a new end.
+    out = cli(*args, f"--config.train.num_steps={latest + 2}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(x) for x in open(workdir / "metrics.jsonl")]
+    steps = [r["step"] for r in rows if "train/lm/loss" in r]
+    assert steps == list(range(1, latest + 3)), (steps, latest)  # each step once

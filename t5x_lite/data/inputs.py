@@ -17,13 +17,20 @@ from t5x_lite.errors import UserError
 
 def load_documents(data_config):
     """-> (train documents, eval documents or None) as the config's sources say."""
-    train_docs = sources.load_source(data_config.train)
+    train_docs = _load("train", data_config.train)
     kind = data_config.eval.kind
     if kind == "heldout":
         return sources.split_heldout(train_docs, data_config.heldout_docs)
     if kind == "none":
         return train_docs, None
-    return train_docs, sources.load_source(data_config.eval)
+    return train_docs, _load("eval", data_config.eval)
+
+
+def _load(split: str, source_config):
+    try:
+        return sources.load_source(source_config)
+    except UserError as e:  # say which source: its keys live under config.data.<split>
+        raise UserError(f"config.data.{split}: {e}") from None
 
 
 def load_or_train_tokenizer(config, workdir: str, train_docs) -> tokenizer_lib.Tokenizer:

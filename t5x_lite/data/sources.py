@@ -100,11 +100,11 @@ def load_source(cfg) -> Sequence[str]:
 def split_heldout(docs: Sequence[str], num_docs: int) -> tuple[Sequence[str], Sequence[str]]:
     """(train, eval): eval is the last `num_docs` documents, train all the others."""
     if num_docs < 0:
-        raise UserError(f"held-out document count {num_docs} must be >= 0")
+        raise UserError(f"config.data.heldout_docs={num_docs} must be >= 0")
     if num_docs >= len(docs):
         raise UserError(
             f"holding out {num_docs} of {len(docs)} documents leaves none for training;"
-            " lower the held-out document count"
+            " lower config.data.heldout_docs"
         )
     split = len(docs) - num_docs
     return DocumentSlice(docs, 0, split), DocumentSlice(docs, split, len(docs))

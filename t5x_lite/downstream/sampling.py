@@ -16,8 +16,10 @@ import numpy as np
 from t5x_lite.errors import UserError
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_new", "temperature"))
-def _generate(model, params, tokens, prompt_len, rng, *, num_new: int, temperature: float):
+@functools.partial(jax.jit, static_argnames=("model", "num_new", "temperature", "num_ids"))
+def _generate(
+    model, params, tokens, prompt_len, rng, *, num_new: int, temperature: float, num_ids: int
+):
     length = tokens.shape[1]
     positions = jnp.arange(length, dtype=jnp.int32)[None]
     segment_ids = jnp.ones_like(tokens)
@@ -31,6 +33,8 @@ def _generate(model, params, tokens, prompt_len, rng, *, num_new: int, temperatu
         }
         logits = model.apply({"params": params}, batch, deterministic=True)["logits"]
         last = jax.lax.dynamic_index_in_dim(logits[0], prompt_len + i - 1, keepdims=False)
+        # The model's vocabulary may be padded past the tokenizer's: never emit those ids.
+        last = jnp.where(jnp.arange(last.shape[-1]) < num_ids, last, -jnp.inf)
         rng, sample_rng = jax.random.split(rng)
         if temperature == 0.0:
             next_token = jnp.argmax(last)
@@ -72,6 +76,7 @@ def generate(
         jax.random.key(seed),
         num_new=num_new,
         temperature=float(temperature),
+        num_ids=tokenizer.vocab_size,
     )
     new = np.asarray(out[0, len(prompt_ids) : len(prompt_ids) + num_new])
     eos = np.flatnonzero(new == tokenizer.eos_id)

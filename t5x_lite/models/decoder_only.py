@@ -44,6 +44,7 @@ class DecoderBlock(nn.Module):
     d_ff: int
     dropout_rate: float
     dtype: str
+    attention_impl: str
     deterministic: bool
 
     @nn.compact
@@ -58,6 +59,7 @@ class DecoderBlock(nn.Module):
             head_dim=self.head_dim,
             use_bias=True,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
             name="attention",
         )(normed, normed, mask)
         x = x + nn.Dropout(self.dropout_rate)(attended, deterministic=self.deterministic)
@@ -85,6 +87,7 @@ class DecoderOnly(nn.Module):
     tie_embeddings: bool
     dtype: str  # computation dtype: "float32" or "bfloat16"; params stay float32
     remat_policy: str  # one of REMAT_POLICIES
+    attention_impl: str  # one of layers.ATTENTION_IMPLS
 
     def __post_init__(self) -> None:
         # Checked at construction so a bad config fails before any tracing.
@@ -94,6 +97,11 @@ class DecoderOnly(nn.Module):
             raise UserError(
                 f"model.remat_policy={self.remat_policy!r} is not one of "
                 f"{', '.join(REMAT_POLICIES)}"
+            )
+        if self.attention_impl not in layers.ATTENTION_IMPLS:
+            raise UserError(
+                f"model.attention_impl={self.attention_impl!r} is not one of "
+                f"{', '.join(layers.ATTENTION_IMPLS)}"
             )
         super().__post_init__()
 
@@ -119,6 +127,7 @@ class DecoderOnly(nn.Module):
             d_ff=self.d_ff,
             dropout_rate=self.dropout_rate,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
             deterministic=deterministic,
             name="layers",
         )

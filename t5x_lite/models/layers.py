@@ -15,6 +15,7 @@ accepts); parameters are always stored in float32 and cast at use.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -111,7 +112,11 @@ class Embed(nn.Module):
         Accumulating in float32 keeps bf16 runs from rounding the logits to bf16.
         """
         table = self.embedding.astype(jnp.dtype(self.dtype))
-        return jnp.einsum("ble,ve->blv", query, table, preferred_element_type=jnp.float32)
+        # 2-D matmul for the same reason as in DenseGeneral: a faster backward on CPU.
+        logits = jnp.dot(
+            query.reshape(-1, query.shape[-1]), table.T, preferred_element_type=jnp.float32
+        )
+        return logits.reshape(*query.shape[:-1], table.shape[0])
 
 
 class DenseGeneral(nn.Module):
@@ -144,11 +149,14 @@ class DenseGeneral(nn.Module):
             in_dims + tuple(self.features),
             PARAM_DTYPE,
         )
-        input_dims = tuple(range(inputs.ndim - self.contract_axes, inputs.ndim))
-        kernel_dims = tuple(range(self.contract_axes))
-        outputs = jax.lax.dot_general(
-            inputs.astype(dtype), kernel.astype(dtype), ((input_dims, kernel_dims), ((), ()))
-        )
+        # One 2-D matmul [rows, in] @ [in, out]: XLA:CPU runs the transposed products of
+        # the backward pass about 1.7x faster than for the equivalent rank-3 dot_general.
+        lead = inputs.shape[: inputs.ndim - self.contract_axes]
+        flat_in, flat_out = math.prod(in_dims), math.prod(self.features)
+        outputs = jnp.dot(
+            inputs.reshape(-1, flat_in).astype(dtype),
+            kernel.reshape(flat_in, flat_out).astype(dtype),
+        ).reshape(*lead, *self.features)
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -191,6 +199,27 @@ class LayerNorm(nn.Module):
         return (normed * scale + bias).astype(jnp.dtype(self.dtype))
 
 
+ATTENTION_IMPLS = ("dot_product_attention", "einsum")
+
+
+def attention_core(query, key, value, mask, impl: str) -> jax.Array:
+    """softmax(q k^T / sqrt(d) where mask) v, layout [batch, length, heads, head_dim].
+
+    "dot_product_attention" is `jax.nn.dot_product_attention` (XLA, or cuDNN's fused
+    kernel on GPUs that have it). "einsum" spells out the same math in two einsums; on
+    XLA:CPU its backward pass runs about 1.6x faster because it skips the grouped-query
+    reshapes of the generic path.
+    """
+    if impl == "dot_product_attention":
+        return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=None)
+    scale = jnp.asarray(query.shape[-1] ** -0.5, jnp.float32)
+    # [batch, heads, q_length, kv_length]
+    scores = jnp.einsum("bqnh,bknh->bnqk", query, key, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores * scale, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+    return jnp.einsum("bnqk,bknh->bqnh", weights, value)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head dot-product attention; self-attention when inputs_q is inputs_kv.
 
@@ -203,6 +232,7 @@ class MultiHeadAttention(nn.Module):
     head_dim: int
     use_bias: bool
     dtype: str
+    attention_impl: str  # one of ATTENTION_IMPLS
 
     def _project_in(self, inputs: jax.Array, name: str) -> jax.Array:
         projection = DenseGeneral(
@@ -225,8 +255,7 @@ class MultiHeadAttention(nn.Module):
         query = self._project_in(inputs_q, "query")  # [batch, q_length, heads, kv]
         key = self._project_in(inputs_kv, "key")  # [batch, kv_length, heads, kv]
         value = self._project_in(inputs_kv, "value")  # [batch, kv_length, heads, kv]
-        # implementation=None lets JAX choose (XLA on CPU/TPU, cuDNN on supported GPUs).
-        attended = jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=None)
+        attended = attention_core(query, key, value, mask, self.attention_impl)
         # [batch, q_length, heads, kv]
         attended = nn.with_logical_constraint(attended, ("batch", "length", "heads", "kv"))
         out = DenseGeneral(

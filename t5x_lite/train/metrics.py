@@ -31,14 +31,18 @@ def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
 class MetricWriter:
     """Appends `{"step": s, ...}` lines to `<workdir>/metrics.jsonl` and TensorBoard scalars."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, start_step: int):
+        """`start_step`: the step the run (re)starts from. Rows logged after it by an
+        interrupted earlier attempt are dropped, so each step appears once."""
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter  # no TensorFlow needed
 
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        path = os.path.join(workdir, "metrics.jsonl")
+        _truncate_after(path, start_step)
+        self._jsonl = open(path, "a")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -55,6 +59,16 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 class Progress:

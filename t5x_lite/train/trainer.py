@@ -17,7 +17,7 @@ import numpy as np
 from t5x_lite import config as config_lib
 from t5x_lite import models
 from t5x_lite.data import inputs
-from t5x_lite.errors import UserError
+from t5x_lite.errors import Interrupted
 from t5x_lite.train import checkpoints, losses, optim, partitioning
 from t5x_lite.train import metrics as metrics_lib
 from t5x_lite.train.state import TrainState
@@ -184,13 +184,13 @@ def train(config, workdir: str) -> TrainResult:
         train_iter.set_state(data_state)
     else:
         start, state = 0, init_state(run, config.seed)
-    writer = metrics_lib.MetricWriter(workdir)
+    writer = metrics_lib.MetricWriter(workdir, start)
     loop = _Loop(run, ckpt, writer, train_iter, train_step, eval_step, eval_ds)
     try:
         state = loop.execute(state, start)
     except KeyboardInterrupt:
-        ckpt.close()
-        raise UserError(
+        ckpt.close()  # lets a save in flight finish; a half-written step is never "latest"
+        raise Interrupted(
             f"interrupted; the latest checkpoint is step {ckpt.latest_step()} in "
             f"{ckpt.directory}: rerun the same command to resume"
         ) from None

@@ -13,7 +13,7 @@ from t5x_lite.models.decoder_only import DecoderOnly
 class _Ids:
     """Stands in for a tokenizer: text is space-separated ids."""
 
-    bos_id, eos_id = 3, 1
+    bos_id, eos_id, vocab_size = 3, 1, 40
 
     def encode(self, text):
         return np.array([int(t) for t in text.split()], np.int32)
@@ -34,6 +34,7 @@ MODEL = DecoderOnly(
     tie_embeddings=True,
     dtype="float32",
     remat_policy="none",
+    attention_impl="einsum",
 )
 
 
@@ -76,6 +77,17 @@ def test_temperature_sampling_is_seeded(params):
     )
     assert run(0) == run(0)
     assert len({run(s) for s in range(4)}) > 1
+
+
+def test_ids_past_the_tokenizer_vocabulary_are_never_sampled(params):
+    class Small(_Ids):
+        vocab_size = 10
+
+    for seed in range(3):
+        text = sampling.generate(
+            MODEL, params, Small(), "7", max_len=12, max_new_tokens=10, temperature=50.0, seed=seed
+        )
+        assert all(int(t) < 10 for t in text.split())
 
 
 def test_prompt_longer_than_context_is_refused(params):

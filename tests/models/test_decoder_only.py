@@ -36,6 +36,7 @@ def tiny_config(**overrides) -> dict:
         "tie_embeddings": True,
         "dtype": "float32",
         "remat_policy": "none",
+        "attention_impl": "dot_product_attention",
     }
     config.update(overrides)
     return config
@@ -157,9 +158,13 @@ def test_tied_head_has_no_output_kernel_untied_has_embed_vocab_kernel():
     assert kernel.value.shape == (32, VOCAB)
 
 
-def test_causal_changing_token_t_leaves_earlier_logits_exactly_unchanged():
+IMPLS = pytest.mark.parametrize("impl", ["dot_product_attention", "einsum"])
+
+
+@IMPLS
+def test_causal_changing_token_t_leaves_earlier_logits_exactly_unchanged(impl):
     variables = variables_for(tie_embeddings=True)
-    _, forward = forward_for()
+    _, forward = forward_for(attention_impl=impl)
     batch = unpacked_batch(2)
     t = 5
     perturbed = dict(batch)
@@ -187,9 +192,10 @@ def packed_and_alone_rows(first_doc: list[int], second_doc: list[int]) -> dict[s
     }
 
 
-def test_packed_documents_do_not_attend_across_segments():
+@IMPLS
+def test_packed_documents_do_not_attend_across_segments(impl):
     variables = variables_for(tie_embeddings=True)
-    _, forward = forward_for()
+    _, forward = forward_for(attention_impl=impl)
     second_doc = [7, 8, 9]
     logits = forward(variables, packed_and_alone_rows([1, 2, 3, 4], second_doc))["logits"]
     logits_other_first = forward(variables, packed_and_alone_rows([50, 60, 70, 80], second_doc))[
@@ -201,6 +207,14 @@ def test_packed_documents_do_not_attend_across_segments():
     # ... and matches the same document run alone from the start of a row.
     np.testing.assert_allclose(logits[0, 4:7], logits[1, :3], rtol=0, atol=1e-5)
     assert bool(jnp.all(jnp.isfinite(logits)))  # padding queries are never all-masked
+
+
+def test_attention_impls_agree():
+    variables = variables_for(tie_embeddings=True)
+    batch = packed_and_alone_rows([1, 2, 3, 4], [7, 8, 9])
+    reference = forward_for()[1](variables, batch)["logits"]
+    einsum = forward_for(attention_impl="einsum")[1](variables, batch)["logits"]
+    np.testing.assert_allclose(einsum, reference, rtol=0, atol=1e-5)
 
 
 def test_remat_policies_give_identical_loss_and_grads():
