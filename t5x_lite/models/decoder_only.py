@@ -14,63 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_lite.errors import UserError
-from t5x_lite.models import layers
+from t5x_lite.models import layers, stack
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-# What each remat policy keeps from the forward pass for the backward pass. "full" saves
-# nothing inside a layer (recomputes it all); "dots_saveable" keeps the weight matmuls
-# (no batch dims) and recomputes the cheap elementwise ops and the attention scores.
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-# GPT-2's value; not a config key because no experiment varies it.
+# GPT-2's values; not config keys because no experiment varies them.
 LAYER_NORM_EPSILON = 1e-5
-
-
-class DecoderBlock(nn.Module):
-    """Pre-LN block: x + Dropout(Attn(LN(x))), then x + Dropout(Mlp(LN(x))).
-
-    `deterministic` is a field rather than a call argument so that `nn.scan` and `nn.remat`
-    see only array inputs.
-    """
-
-    num_heads: int
-    head_dim: int
-    d_ff: int
-    dropout_rate: float
-    dtype: str
-    attention_impl: str
-    deterministic: bool
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, None]:
-        """x [batch, length, embed], mask bool [batch, 1, length, length] -> (x, None).
-
-        The (carry, output) return is the `nn.scan` body contract.
-        """
-        normed = layers.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name="pre_attention_norm")(x)
-        attended = layers.MultiHeadAttention(
-            num_heads=self.num_heads,
-            head_dim=self.head_dim,
-            use_bias=True,
-            dtype=self.dtype,
-            attention_impl=self.attention_impl,
-            name="attention",
-        )(normed, normed, mask)
-        x = x + nn.Dropout(self.dropout_rate)(attended, deterministic=self.deterministic)
-
-        normed = layers.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name="pre_mlp_norm")(x)
-        transformed = layers.GeluMlp(d_ff=self.d_ff, use_bias=True, dtype=self.dtype, name="mlp")(
-            normed
-        )
-        x = x + nn.Dropout(self.dropout_rate)(transformed, deterministic=self.deterministic)
-        # [batch, length, embed]
-        return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+ACTIVATION = "gelu_tanh"
 
 
 class DecoderOnly(nn.Module):
@@ -86,50 +34,33 @@ class DecoderOnly(nn.Module):
     dropout_rate: float
     tie_embeddings: bool
     dtype: str  # computation dtype: "float32" or "bfloat16"; params stay float32
-    remat_policy: str  # one of REMAT_POLICIES
+    remat_policy: str  # one of stack.REMAT_POLICIES
     attention_impl: str  # one of layers.ATTENTION_IMPLS
 
     def __post_init__(self) -> None:
-        # Checked at construction so a bad config fails before any tracing.
-        if self.dtype not in COMPUTE_DTYPES:
-            raise UserError(f"model.dtype={self.dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise UserError(
-                f"model.remat_policy={self.remat_policy!r} is not one of "
-                f"{', '.join(REMAT_POLICIES)}"
-            )
-        if self.attention_impl not in layers.ATTENTION_IMPLS:
-            raise UserError(
-                f"model.attention_impl={self.attention_impl!r} is not one of "
-                f"{', '.join(layers.ATTENTION_IMPLS)}"
-            )
+        stack.check_compute_options(
+            dtype=self.dtype, remat_policy=self.remat_policy, attention_impl=self.attention_impl
+        )
         super().__post_init__()
 
     def _layer_stack(self, deterministic: bool) -> nn.Module:
-        """num_layers DecoderBlocks as one scanned module (params stacked on axis 0)."""
-        block_cls = DecoderBlock
-        policy = REMAT_POLICIES[self.remat_policy]
-        if self.remat_policy != "none":
-            # prevent_cse=False is safe (and faster) inside scan: the loop already keeps
-            # XLA from merging the recomputation with the forward pass.
-            block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
-        scanned_cls = nn.scan(
-            block_cls,
-            variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,),
-            length=self.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        return scanned_cls(
+        """num_layers pre-LN blocks as one scanned module (params stacked on axis 0)."""
+        return stack.scanned_stack(
+            stack.TransformerBlock,
+            num_layers=self.num_layers,
+            remat_policy=self.remat_policy,
+            num_broadcast_inputs=1,  # the mask
+            name="layers",
             num_heads=self.num_heads,
             head_dim=self.head_dim,
             d_ff=self.d_ff,
             dropout_rate=self.dropout_rate,
+            layer_norm="pre",
+            layer_norm_epsilon=LAYER_NORM_EPSILON,
+            activation=ACTIVATION,
             dtype=self.dtype,
             attention_impl=self.attention_impl,
             deterministic=deterministic,
-            name="layers",
         )
 
     def _output_logits(self, x: jax.Array, token_embed: layers.Embed) -> jax.Array:

@@ -15,6 +15,7 @@ accepts); parameters are always stored in float32 and cast at use.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -271,11 +272,21 @@ class MultiHeadAttention(nn.Module):
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
 
+# GELU variants by config name. "gelu" is the exact erf form (BERT as released, HF's
+# hidden_act="gelu"); "gelu_tanh" is the tanh approximation (GPT-2, HF's "gelu_new").
+# Converted checkpoints only match when the variant matches.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+}
+
+
 class GeluMlp(nn.Module):
-    """embed -> mlp -> GELU -> embed."""
+    """embed -> mlp -> GELU (`activation`, a key of ACTIVATIONS) -> embed."""
 
     d_ff: int
     use_bias: bool
+    activation: str
     dtype: str
 
     @nn.compact
@@ -290,8 +301,7 @@ class GeluMlp(nn.Module):
             kernel_init=fan_in_init(1),
             name="wi",
         )(x)
-        # tanh approximation: GPT-2/BERT's form, so converted checkpoints match.
-        hidden = jax.nn.gelu(hidden, approximate=True)
+        hidden = ACTIVATIONS[self.activation](hidden)
         # [batch, length, mlp]
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
         out = DenseGeneral(

@@ -1,0 +1,281 @@
+"""Import a Hugging Face BERT checkpoint (config.json + model.safetensors) into EncoderOnly.
+
+Reads BertModel (names without a prefix, pooler, no heads), BertForMaskedLM ('bert.'
+prefix, MLM head, no pooler) and BertForPreTraining ('bert.' prefix, pooler, MLM and NSP
+heads). Only numpy and safetensors touch the checkpoint; torch is never imported.
+
+Layout changes: torch Linear weights are [out, in] and become kernels [in, out], with the
+attention projections split into (heads, kv); per-layer tensors are stacked on a leading
+'layers' axis, as `nn.scan` stores them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from safetensors.numpy import load_file
+
+from t5x_lite.errors import UserError
+from t5x_lite.models.encoder_only import EncoderOnly
+
+# HF hidden_act -> our activation name; other HF activations have no counterpart here.
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+# Our param path -> (HF tensor name, layout). "{bert}" is the model prefix ('bert.' or
+# ''), "{i}" the layer index of the stacked 'layers/' params. Layouts:
+#   table              embedding [rows, embed], copied
+#   vector             biases and norm params; flat in HF even where ours is (heads, kv)
+#   linear             torch Linear weight [out, in] -> kernel [in, *out_dims]
+#   linear_from_heads  torch Linear weight [out, heads * kv] -> kernel [heads, kv, out]
+_BACKBONE_TENSORS = {
+    "token_embed/embedding": ("{bert}embeddings.word_embeddings.weight", "table"),
+    "position_embed/embedding": ("{bert}embeddings.position_embeddings.weight", "table"),
+    "token_type_embed/embedding": ("{bert}embeddings.token_type_embeddings.weight", "table"),
+    "embed_norm/scale": ("{bert}embeddings.LayerNorm.weight", "vector"),
+    "embed_norm/bias": ("{bert}embeddings.LayerNorm.bias", "vector"),
+    "layers/attention/query/kernel": (
+        "{bert}encoder.layer.{i}.attention.self.query.weight",
+        "linear",
+    ),
+    "layers/attention/query/bias": ("{bert}encoder.layer.{i}.attention.self.query.bias", "vector"),
+    "layers/attention/key/kernel": ("{bert}encoder.layer.{i}.attention.self.key.weight", "linear"),
+    "layers/attention/key/bias": ("{bert}encoder.layer.{i}.attention.self.key.bias", "vector"),
+    "layers/attention/value/kernel": (
+        "{bert}encoder.layer.{i}.attention.self.value.weight",
+        "linear",
+    ),
+    "layers/attention/value/bias": ("{bert}encoder.layer.{i}.attention.self.value.bias", "vector"),
+    "layers/attention/out/kernel": (
+        "{bert}encoder.layer.{i}.attention.output.dense.weight",
+        "linear_from_heads",
+    ),
+    "layers/attention/out/bias": ("{bert}encoder.layer.{i}.attention.output.dense.bias", "vector"),
+    "layers/post_attention_norm/scale": (
+        "{bert}encoder.layer.{i}.attention.output.LayerNorm.weight",
+        "vector",
+    ),
+    "layers/post_attention_norm/bias": (
+        "{bert}encoder.layer.{i}.attention.output.LayerNorm.bias",
+        "vector",
+    ),
+    "layers/mlp/wi/kernel": ("{bert}encoder.layer.{i}.intermediate.dense.weight", "linear"),
+    "layers/mlp/wi/bias": ("{bert}encoder.layer.{i}.intermediate.dense.bias", "vector"),
+    "layers/mlp/wo/kernel": ("{bert}encoder.layer.{i}.output.dense.weight", "linear"),
+    "layers/mlp/wo/bias": ("{bert}encoder.layer.{i}.output.dense.bias", "vector"),
+    "layers/post_mlp_norm/scale": ("{bert}encoder.layer.{i}.output.LayerNorm.weight", "vector"),
+    "layers/post_mlp_norm/bias": ("{bert}encoder.layer.{i}.output.LayerNorm.bias", "vector"),
+}
+# Heads a checkpoint may lack, each all-or-nothing; see load_hf_bert.
+_HEAD_TENSORS = {
+    "pooler": {
+        "pooler/kernel": ("{bert}pooler.dense.weight", "linear"),
+        "pooler/bias": ("{bert}pooler.dense.bias", "vector"),
+    },
+    "mlm": {
+        "mlm_transform/kernel": ("cls.predictions.transform.dense.weight", "linear"),
+        "mlm_transform/bias": ("cls.predictions.transform.dense.bias", "vector"),
+        "mlm_norm/scale": ("cls.predictions.transform.LayerNorm.weight", "vector"),
+        "mlm_norm/bias": ("cls.predictions.transform.LayerNorm.bias", "vector"),
+        "mlm_bias": ("cls.predictions.bias", "vector"),
+    },
+    "nsp": {
+        "nsp/kernel": ("cls.seq_relationship.weight", "linear"),
+        "nsp/bias": ("cls.seq_relationship.bias", "vector"),
+    },
+}
+
+
+def _read_config(hf_dir: str) -> dict[str, Any]:
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} does not exist; point at a directory written by save_pretrained")
+    with open(path) as f:
+        hf_config = json.load(f)
+    if hf_config.get("model_type") != "bert":
+        raise UserError(f"{path}: model_type={hf_config.get('model_type')!r} is not 'bert'")
+    return hf_config
+
+
+def model_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
+    """HF BertConfig dict -> `config.model` dict for EncoderOnly (post-LN, float32).
+
+    HF's separate attention-probability dropout has no counterpart: `dropout_rate` is
+    hidden_dropout_prob, applied after the embeddings and each sublayer.
+    """
+    required = [
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "hidden_act",
+        "hidden_dropout_prob",
+        "layer_norm_eps",
+    ]
+    missing = [key for key in required if key not in hf_config]
+    if missing:
+        raise UserError(f"HF BERT config.json lacks {', '.join(missing)}")
+    # Configs from transformers < 5 name the position scheme; only absolute is BERT's.
+    position_type = hf_config.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise UserError(f"HF BERT position_embedding_type={position_type!r} is not supported")
+    if hf_config["hidden_act"] not in _HF_ACTIVATIONS:
+        raise UserError(
+            f"HF BERT hidden_act={hf_config['hidden_act']!r} is not one of "
+            f"{', '.join(_HF_ACTIVATIONS)}"
+        )
+    d_model, num_heads = hf_config["hidden_size"], hf_config["num_attention_heads"]
+    if d_model % num_heads:
+        raise UserError(f"HF BERT hidden_size={d_model} is not a multiple of {num_heads} heads")
+    return {
+        "arch": "encoder_only",
+        "vocab_size": hf_config["vocab_size"],
+        "d_model": d_model,
+        "num_layers": hf_config["num_hidden_layers"],
+        "num_heads": num_heads,
+        "head_dim": d_model // num_heads,
+        "d_ff": hf_config["intermediate_size"],
+        "max_len": hf_config["max_position_embeddings"],
+        "type_vocab_size": hf_config["type_vocab_size"],
+        "dropout_rate": hf_config["hidden_dropout_prob"],
+        "layer_norm": "post",
+        "layer_norm_epsilon": hf_config["layer_norm_eps"],
+        "activation": _HF_ACTIVATIONS[hf_config["hidden_act"]],
+        "dtype": "float32",
+        "remat_policy": "none",
+        "attention_impl": "dot_product_attention",
+    }
+
+
+def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
+    """model.safetensors -> {HF name: float32 array}, minus buffers and tied copies."""
+    path = os.path.join(hf_dir, "model.safetensors")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} does not exist; re-save the model with save_pretrained")
+    tensors = {name: value.astype(np.float32) for name, value in load_file(path).items()}
+    # A buffer, not a parameter; transformers < 5 saved it.
+    for name in ("embeddings.position_ids", "bert.embeddings.position_ids"):
+        tensors.pop(name, None)
+    # Older versions also saved the MLM decoder, which BERT ties to the token embedding
+    # and the output bias; accept such copies only when they really are tied.
+    tied = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+    for name, source in tied.items():
+        if name in tensors:
+            copy = tensors.pop(name)
+            if source not in tensors or not np.array_equal(copy, tensors[source]):
+                raise UserError(f"{path}: {name} is not tied to {source}; untied heads unsupported")
+    return tensors
+
+
+_LINEAR_IN_AXES = {"linear": 1, "linear_from_heads": 2}
+
+
+def _convert(name: str, value: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+    """One HF tensor -> our `shape`; UserError naming the tensor on a shape mismatch."""
+    if layout in _LINEAR_IN_AXES:
+        in_axes = _LINEAR_IN_AXES[layout]
+        hf_shape = (math.prod(shape[in_axes:]), math.prod(shape[:in_axes]))
+        converted = value.T
+    elif layout == "table":
+        hf_shape, converted = shape, value
+    else:
+        hf_shape, converted = (math.prod(shape),), value
+    if value.shape != hf_shape:
+        raise UserError(f"HF tensor {name} has shape {value.shape}; expected {hf_shape}")
+    return converted.reshape(shape)
+
+
+def _take(tensors: dict[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in tensors:
+        raise UserError(f"HF BERT checkpoint lacks tensor {name}")
+    return tensors.pop(name)
+
+
+def _convert_param(tensors, path: str, spec, shape, prefix: str, num_layers: int) -> np.ndarray:
+    """Pops the HF tensor(s) behind our param `path` (all layers for 'layers/' paths)."""
+    template, layout = spec
+    if not path.startswith("layers/"):
+        name = template.format(bert=prefix)
+        return _convert(name, _take(tensors, name), layout, shape)
+    per_layer = []
+    for i in range(num_layers):
+        name = template.format(bert=prefix, i=i)
+        per_layer.append(_convert(name, _take(tensors, name), layout, shape[1:]))
+    return np.stack(per_layer)  # [layers, ...]
+
+
+def _init_fn(model: EncoderOnly):
+    """rng -> all of the model's params, unboxed, as a flat {'a/b/c': array} dict."""
+    batch = {
+        name: jnp.zeros((1, 1), jnp.int32)
+        for name in (
+            "encoder_input_tokens",
+            "encoder_segment_ids",
+            "encoder_positions",
+            "encoder_token_type_ids",
+        )
+    }
+
+    def init(rng: jax.Array) -> dict[str, jax.Array]:
+        variables = model.init({"params": rng}, batch, deterministic=True)
+        return traverse_util.flatten_dict(nn.meta.unbox(variables["params"]), sep="/")
+
+    return init
+
+
+def load_hf_bert(hf_dir: str, *, rng: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A saved HF BERT -> (`config.model` dict for EncoderOnly, params).
+
+    `params` is exactly EncoderOnly's `init(...)["params"]` tree, unboxed, as float32
+    numpy arrays; use it as `model.apply({"params": params}, ...)`. The embeddings and
+    layers must all be in the checkpoint. A head the checkpoint lacks entirely (the MLM
+    head of a BertModel, the pooler of a BertForMaskedLM, the NSP head of anything but
+    BertForPreTraining) is freshly initialized from `rng`, as EncoderOnly.init would,
+    so its outputs are meaningless until fine-tuned. A partial head, an unused tensor
+    or a shape mismatch is a UserError naming the tensor.
+    """
+    model_config = model_config_from_hf(_read_config(hf_dir))
+    tensors = _read_tensors(hf_dir)
+    prefix = "bert." if any(name.startswith("bert.") for name in tensors) else ""
+    model = EncoderOnly(**{k: v for k, v in model_config.items() if k != "arch"})
+    init = _init_fn(model)
+    shapes = {path: leaf.shape for path, leaf in jax.eval_shape(init, rng).items()}
+
+    specs = dict(_BACKBONE_TENSORS)
+    fresh_paths = []
+    for head in _HEAD_TENSORS.values():
+        first_name = next(iter(head.values()))[0].format(bert=prefix)
+        if first_name in tensors:
+            specs.update(head)
+        else:
+            fresh_paths.extend(head)
+    flat = {
+        path: _convert_param(tensors, path, spec, shapes[path], prefix, model.num_layers)
+        for path, spec in specs.items()
+    }
+    if tensors:
+        raise UserError(f"HF BERT checkpoint has unused tensor(s): {', '.join(sorted(tensors))}")
+    if fresh_paths:
+
+        def init_missing(key: jax.Array) -> dict[str, jax.Array]:
+            everything = init(key)
+            return {path: everything[path] for path in fresh_paths}
+
+        # Only the missing heads leave the jit, so XLA drops the rest of the init.
+        fresh = jax.jit(init_missing)(rng)
+        flat.update({path: np.asarray(value) for path, value in fresh.items()})
+    return model_config, traverse_util.unflatten_dict(flat, sep="/")

@@ -1,0 +1,137 @@
+"""The residual Transformer block and the scanned, optionally rematerialized stack of them.
+
+Shared by every architecture so that one place decides how layers are stacked with
+`nn.scan` (compile time flat in depth; every parameter gets a leading 'layers' axis),
+what each remat policy keeps for the backward pass, and which compute dtypes, remat
+policies and attention implementations a config may name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from t5x_lite.errors import UserError
+from t5x_lite.models import layers
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+# What each remat policy keeps from the forward pass for the backward pass. "full" saves
+# nothing inside a layer (recomputes it all); "dots_saveable" keeps the weight matmuls
+# (no batch dims) and recomputes the cheap elementwise ops and the attention scores.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+# Where a block's LayerNorms sit; see TransformerBlock.
+LAYER_NORM_PLACEMENTS = ("pre", "post")
+
+
+def check_choice(key: str, value: Any, choices: Collection[str]) -> None:
+    """UserError naming `config.model.<key>` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise UserError(f"model.{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def check_compute_options(*, dtype: str, remat_policy: str, attention_impl: str) -> None:
+    """Validates the options every architecture shares; call from `__post_init__` so a
+    bad config fails at construction, before any tracing."""
+    check_choice("dtype", dtype, COMPUTE_DTYPES)
+    check_choice("remat_policy", remat_policy, REMAT_POLICIES)
+    check_choice("attention_impl", attention_impl, layers.ATTENTION_IMPLS)
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention then MLP, each a residual sublayer with its LayerNorm placed by
+    `layer_norm`:
+
+      "pre"  (GPT-2):        x + Dropout(Sublayer(LN(x)))
+      "post" (BERT, 2017):   LN(x + Dropout(Sublayer(x)))
+
+    The norms are named `<layer_norm>_attention_norm` and `<layer_norm>_mlp_norm`, so a
+    checkpoint of one placement cannot be loaded silently into the other.
+    `deterministic` is a field rather than a call argument so that `nn.scan` and
+    `nn.remat` see only array inputs.
+    """
+
+    num_heads: int
+    head_dim: int
+    d_ff: int
+    dropout_rate: float
+    layer_norm: str  # one of LAYER_NORM_PLACEMENTS
+    layer_norm_epsilon: float
+    activation: str  # one of layers.ACTIVATIONS
+    dtype: str
+    attention_impl: str
+    deterministic: bool
+
+    def _residual(self, x: jax.Array, sublayer, name: str) -> jax.Array:
+        """x [batch, length, embed] -> x with `sublayer` added as a residual branch."""
+        norm = layers.LayerNorm(
+            self.layer_norm_epsilon, self.dtype, name=f"{self.layer_norm}_{name}_norm"
+        )
+        dropout = nn.Dropout(self.dropout_rate)
+        if self.layer_norm == "pre":
+            return x + dropout(sublayer(norm(x)), deterministic=self.deterministic)
+        return norm(x + dropout(sublayer(x), deterministic=self.deterministic))
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, None]:
+        """x [batch, length, embed], mask bool [batch, 1, length, length] -> (x, None).
+
+        The (carry, output) return is the `nn.scan` body contract.
+        """
+        attention = layers.MultiHeadAttention(
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            use_bias=True,
+            dtype=self.dtype,
+            attention_impl=self.attention_impl,
+            name="attention",
+        )
+        x = self._residual(x, lambda normed: attention(normed, normed, mask), "attention")
+        mlp = layers.GeluMlp(
+            d_ff=self.d_ff,
+            use_bias=True,
+            activation=self.activation,
+            dtype=self.dtype,
+            name="mlp",
+        )
+        x = self._residual(x, mlp, "mlp")
+        # [batch, length, embed]
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+
+
+def scanned_stack(
+    block_cls: type[nn.Module],
+    *,
+    num_layers: int,
+    remat_policy: str,
+    num_broadcast_inputs: int,
+    name: str,
+    **block_fields: Any,
+) -> nn.Module:
+    """`num_layers` copies of `block_cls` as one module, parameters stacked on axis 0.
+
+    The block is called as block(carry, *broadcast_inputs) -> (carry, None); the
+    `num_broadcast_inputs` arrays after the carry (masks, encoder outputs) are the same
+    for every layer. Create inside the parent's compact method.
+    """
+    if remat_policy != "none":
+        # prevent_cse=False is safe (and faster) inside scan: the loop already keeps
+        # XLA from merging the recomputation with the forward pass.
+        block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
+    scanned_cls = nn.scan(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * num_broadcast_inputs,
+        length=num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    return scanned_cls(name=name, **block_fields)
