@@ -258,6 +258,22 @@ class Tokenizer:
             raise ValueError(f"sentinel index {i} is outside [0, {NUM_SENTINELS})")
         return FIRST_SENTINEL_ID + i
 
+    def special_mask(self) -> np.ndarray:
+        """[vocab_size] bool: True for pad, eos, unk, bos, [MASK], [CLS], [SEP] and sentinels."""
+        return np.arange(self.vocab_size) < NUM_SPECIAL_PIECES
+
+    def word_start_mask(self) -> np.ndarray:
+        """[vocab_size] bool: True for pieces that begin a word, i.e. start with "▁".
+
+        Special and byte pieces are never word starts, so a piece after them joins the
+        word before it. That is what we want for a word beginning with a character the
+        model never saw: it is spelled "▁" + byte pieces, and the "▁" piece starts the
+        word. It also means a word right after a newline (a byte piece, no space) is
+        glued to the previous word; whole-word masking then masks both together.
+        """
+        pieces = np.array([self._sp.id_to_piece(i) for i in range(self.vocab_size)])
+        return np.char.startswith(pieces, "\u2581") & ~self.special_mask()
+
     def id_to_piece(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
 

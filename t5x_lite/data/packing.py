@@ -8,7 +8,7 @@ group `<group>_segment_ids` (1, 2, ... per example in the row, 0 in padding) and
 `<group>_positions` (position inside that example, 0 in padding). An example has the
 same segment id in every group, so encoder-decoder attention can match segments.
 
-Two modes (see `t5x_lite.objectives.base`):
+Three modes (see `t5x_lite.objectives.base`):
   concat     one group; examples are concatenated and cut into full rows. An example
              that straddles a row boundary continues in the next row under a new
              segment id with positions restarting at 0, so positions stay < row length.
@@ -17,6 +17,8 @@ Two modes (see `t5x_lite.objectives.base`):
              at most `num_open_rows` open rows with room in every group; when none has
              room and all slots are taken, the oldest open row is emitted. A row is
              emitted as soon as one of its groups is full.
+  none       one example per row: each feature truncated to its row length and padded;
+             segment id 1 and positions 0..n-1 over the example, 0 in padding.
 
 Iterators save their parent's state plus their pending tokens (as plain lists of
 ints), so a restored iterator continues with exactly the rows it would have produced.
@@ -29,7 +31,7 @@ from collections.abc import Mapping
 import grain
 import numpy as np
 
-from t5x_lite.objectives.base import PACK_CONCAT, PACK_FIRST_FIT
+from t5x_lite.objectives.base import PACK_CONCAT, PACK_FIRST_FIT, PACK_NONE
 
 Example = dict[str, np.ndarray]
 
@@ -111,7 +113,7 @@ class PackIterDataset(grain.IterDataset):
         self._num_open_rows = num_open_rows
         if pack_mode == PACK_CONCAT and len(self._group_lengths) != 1:
             raise ValueError(f"concat packing needs one feature group, got {self._group_lengths}")
-        if pack_mode not in (PACK_CONCAT, PACK_FIRST_FIT):
+        if pack_mode not in (PACK_CONCAT, PACK_FIRST_FIT, PACK_NONE):
             raise ValueError(f"unknown pack mode {pack_mode!r}")
         if num_open_rows < 1:
             raise ValueError(f"num_open_rows={num_open_rows} must be >= 1")
@@ -120,6 +122,8 @@ class PackIterDataset(grain.IterDataset):
         parent = iter(self._parent)
         if self._pack_mode == PACK_CONCAT:
             return _ConcatPackIterator(parent, self._feature_lengths)
+        if self._pack_mode == PACK_NONE:
+            return _OneExamplePerRowIterator(parent, self._feature_lengths)
         return _FirstFitPackIterator(parent, self._feature_lengths, self._num_open_rows)
 
     def __str__(self) -> str:
@@ -190,6 +194,35 @@ class _ConcatPackIterator(grain.DatasetIterator):
             for piece in state["pieces"]
         ]
         self._buffered = sum(len(next(iter(piece.values()))) for piece in self._pieces)
+
+
+class _OneExamplePerRowIterator(grain.DatasetIterator):
+    """none mode: every example becomes its own row; nothing is pending between rows."""
+
+    def __init__(self, parent: grain.DatasetIterator, feature_lengths: Mapping[str, int]):
+        super().__init__(parent)
+        self._feature_lengths = dict(feature_lengths)
+        self._group_lengths = group_row_lengths(feature_lengths)
+
+    def __next__(self) -> Example:
+        example = next(self._parent)
+        lengths = _example_lengths(example, self._feature_lengths)
+        row = {
+            feature: _pad(example[feature][:length].astype(np.int32), length)
+            for feature, length in self._feature_lengths.items()
+        }
+        for group, row_length in self._group_lengths.items():
+            used = min(lengths[group], row_length)
+            segment_ids, positions = segments_and_positions([used], row_length)
+            row[f"{group}_segment_ids"] = segment_ids
+            row[f"{group}_positions"] = positions
+        return row
+
+    def get_state(self) -> dict:
+        return {"parent": self._parent.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
 
 
 class _OpenRow:

@@ -2,15 +2,19 @@
 -> pack -> batch.
 
 Everything is deterministic given the seed: the document order (a fresh permutation
-each epoch), the objective's randomness (one rng per (seed, shard, element index), so
-dynamic masking draws a new mask every epoch) and therefore every batch. `iter(ds)`
-returns a grain iterator whose `get_state()` is JSON-serializable and whose
-`set_state()` resumes with exactly the batches an uninterrupted run would have seen.
+each epoch), the objective's randomness and therefore every batch. The objective's rng
+is seeded from (seed, shard, position in the repeated stream) when the objective has
+`dynamic_randomness` (a new draw, e.g. a new mask, each time a document comes back),
+and from (seed, document index in `docs`) otherwise (the same example every epoch, and
+on any number of shards). `iter(ds)` returns a grain iterator whose `get_state()` is
+JSON-serializable and whose `set_state()` resumes with exactly the batches an
+uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import grain
 import numpy as np
@@ -37,9 +41,90 @@ def _derived_seed(seed: int, *purpose: int) -> int:
     return int(np.random.SeedSequence([seed, *purpose]).generate_state(1)[0])
 
 
-def _has_tokens(tokens: np.ndarray) -> bool:
+# Purposes mixed with the seed, so each use of it draws unrelated numbers.
+_SHUFFLE_PURPOSE = 0
+_DYNAMIC_PURPOSE = 1
+_STATIC_PURPOSE = 2
+
+
+class _Document(NamedTuple):
+    stream_index: int  # position in the shuffled, repeated stream of this shard
+    doc_index: int  # index in `docs` (the unsharded source)
+    tokens: np.ndarray  # [num_tokens] int32
+
+
+class _WithDocIndex:
+    """text -> (index in `docs`, text).
+
+    Shuffle and repeat ask their parent for indices past its length (epoch e of a
+    dataset of n reads indices e*n..), and only the source itself wraps them around, so
+    the index must be reduced here, at the source, to name the document.
+    """
+
+    def __init__(self, num_docs: int):
+        self.num_docs = num_docs
+
+    def __call__(self, index: int, text: str) -> tuple[int, str]:
+        return index % self.num_docs, text
+
+
+class _Tokenize:
+    """(stream index, (doc index, text)) -> _Document; a class so it pickles."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, stream_index: int, indexed_text: tuple[int, str]) -> _Document:
+        doc_index, text = indexed_text
+        return _Document(stream_index, doc_index, self.tokenizer.encode(text))
+
+
+def _has_tokens(document: _Document) -> bool:
     """Objectives need at least one token; only an empty document has none."""
-    return len(tokens) > 0
+    return len(document.tokens) > 0
+
+
+class _ApplyObjective:
+    """_Document -> example, with the rng (and other document) the objective asks for."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        docs: Sequence[str],
+        tokenizer,
+        seed: int,
+        shard_index: int,
+        shard_count: int,
+    ):
+        self.objective = objective
+        self.docs = docs
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.shard_index = shard_index
+        self.shard_count = shard_count
+        self.num_shard_docs = len(range(shard_index, len(docs), shard_count))
+
+    def rng(self, document: _Document) -> np.random.Generator:
+        if self.objective.dynamic_randomness:
+            purpose = (_DYNAMIC_PURPOSE, self.shard_index, document.stream_index)
+        else:
+            purpose = (_STATIC_PURPOSE, document.doc_index)
+        return np.random.default_rng(np.random.SeedSequence([self.seed, *purpose]))
+
+    def other_tokens(self, document: _Document, rng: np.random.Generator) -> np.ndarray:
+        """Another document of this shard, uniformly; itself only if the shard has one."""
+        own = (document.doc_index - self.shard_index) // self.shard_count
+        other = int(rng.integers(max(self.num_shard_docs - 1, 1)))
+        if self.num_shard_docs > 1 and other >= own:
+            other += 1  # skip the document itself
+        return self.tokenizer.encode(self.docs[self.shard_index + other * self.shard_count])
+
+    def __call__(self, document: _Document) -> dict[str, np.ndarray]:
+        rng = self.rng(document)
+        if self.objective.uses_other_document:
+            other = self.other_tokens(document, rng)
+            return self.objective.preprocess(document.tokens, rng, other)
+        return self.objective.preprocess(document.tokens, rng)
 
 
 class _PadBatch:
@@ -91,13 +176,17 @@ def make_dataset(
     rows, which carry zero loss weight; otherwise it is dropped.
     """
     _check_args(len(docs), batch_size, seed, shard_index, shard_count)
-    dataset = grain.MapDataset.source(docs)[shard_index::shard_count]
+    source = grain.MapDataset.source(docs)
+    # The document index travels with the text through sharding, shuffling and repetition.
+    dataset = source.map_with_index(_WithDocIndex(len(docs)))[shard_index::shard_count]
     if shuffle:
-        dataset = dataset.shuffle(seed=_derived_seed(seed, 0))
+        dataset = dataset.shuffle(seed=_derived_seed(seed, _SHUFFLE_PURPOSE))
     dataset = dataset.repeat(num_epochs)  # shuffle reseeds each epoch
-    dataset = dataset.map(tokenizer.encode)  # str -> [num_tokens] int32
+    dataset = dataset.map_with_index(_Tokenize(tokenizer))
     dataset = dataset.filter(_has_tokens)
-    dataset = dataset.random_map(objective.preprocess, seed=_derived_seed(seed, 1, shard_index))
+    dataset = dataset.map(
+        _ApplyObjective(objective, docs, tokenizer, seed, shard_index, shard_count)
+    )
     rows = pack(
         dataset.to_iter_dataset(_READ_OPTIONS),
         feature_lengths=objective.feature_lengths(),

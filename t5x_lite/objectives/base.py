@@ -7,6 +7,16 @@ for every feature group (the name prefix before the first underscore: `decoder`,
 
 The trainer never branches on the objective: it reads `loss_terms` to know which model
 output is scored against which target feature with which weights.
+
+Randomness: `preprocess` must be a pure function of its arguments, drawing only from
+the `rng` it is given. The pipeline seeds that rng per element of the repeated stream
+when `dynamic_randomness` is True (a fresh draw every epoch, e.g. RoBERTa's dynamic
+masking) and per source document when False (the same example every epoch, BERT's
+static masking). An objective with `uses_other_document = True` (BERT's next sentence
+prediction) is called as `preprocess(tokens, rng, other)`, where `other` holds the
+token ids of another document of the same data shard, picked uniformly with the same
+rng before the call (the document itself only when the shard has one document; `other`
+may be empty if that document tokenizes to nothing).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import numpy as np
 # Pack modes understood by `t5x_lite.data.packing`.
 PACK_CONCAT = "concat"  # concatenate documents and cut into rows; documents may straddle rows
 PACK_FIRST_FIT = "first_fit"  # whole examples placed into the first row with room; never split
+PACK_NONE = "none"  # one example per row, each feature truncated/padded to its row length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +50,9 @@ class Objective(abc.ABC):
     architectures: tuple[str, ...]  # model `arch` values this objective fits
     pack_mode: str
     loss_terms: tuple[LossTerm, ...]
+    # See the module docstring; subclasses (or instances) override these.
+    uses_other_document: bool = False
+    dynamic_randomness: bool = True
 
     @abc.abstractmethod
     def feature_lengths(self) -> Mapping[str, int]:
@@ -46,7 +60,14 @@ class Objective(abc.ABC):
 
     @abc.abstractmethod
     def preprocess(self, tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """One document's token ids (int32, no EOS) -> one example of 1-D int32 arrays."""
+        """One document's token ids (int32, no EOS) -> one example of 1-D int32 arrays.
+
+        Objectives with `uses_other_document` take a third argument, `other` (see the
+        module docstring).
+        """
+
+    # Constructor arguments that `build` fills from the tokenizer, not from the config.
+    ids_from_tokenizer: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, tokenizer, **knobs) -> Objective:

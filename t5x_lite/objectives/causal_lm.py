@@ -25,6 +25,8 @@ class CausalLM(base.Objective):
         self.bos_id = bos_id
         self.eos_id = eos_id
 
+    ids_from_tokenizer = ("bos_id", "eos_id")
+
     @classmethod
     def build(cls, tokenizer, **knobs):
         return cls(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **knobs)

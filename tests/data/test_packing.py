@@ -122,6 +122,44 @@ def test_first_fit_evicts_oldest_row_and_flushes_at_end():
     assert segment_ids == [[1, 1, 1, 0], [1, 1, 2, 2], [1, 0, 0, 0]]
 
 
+def test_none_mode_one_example_per_row():
+    lengths = {"encoder_tokens": 4, "nsp_labels": 1}
+    examples = [
+        {"encoder_tokens": np.array([11, 12], np.int32), "nsp_labels": np.array([1], np.int32)},
+        {
+            "encoder_tokens": np.arange(21, 27, dtype=np.int32),
+            "nsp_labels": np.array([0], np.int32),
+        },
+        {"encoder_tokens": np.zeros(0, np.int32), "nsp_labels": np.array([1], np.int32)},
+    ]
+    assert packed_rows(examples, lengths, "none") == [
+        {  # short: padded, segment 1 over the example only
+            "encoder_tokens": [11, 12, 0, 0],
+            "nsp_labels": [1],
+            "encoder_segment_ids": [1, 1, 0, 0],
+            "encoder_positions": [0, 1, 0, 0],
+            "nsp_segment_ids": [1],
+            "nsp_positions": [0],
+        },
+        {  # long: truncated to the row length
+            "encoder_tokens": [21, 22, 23, 24],
+            "nsp_labels": [0],
+            "encoder_segment_ids": [1, 1, 1, 1],
+            "encoder_positions": [0, 1, 2, 3],
+            "nsp_segment_ids": [1],
+            "nsp_positions": [0],
+        },
+        {  # empty: still its own row, all padding in that group
+            "encoder_tokens": [0, 0, 0, 0],
+            "nsp_labels": [1],
+            "encoder_segment_ids": [0, 0, 0, 0],
+            "encoder_positions": [0, 0, 0, 0],
+            "nsp_segment_ids": [1],
+            "nsp_positions": [0],
+        },
+    ]
+
+
 def test_rejects_mismatched_features():
     with pytest.raises(ValueError, match="one feature group"):
         packed_rows([], {"encoder_tokens": 4, "decoder_tokens": 4}, "concat")
@@ -141,13 +179,13 @@ def random_examples(count, seed):
     return examples
 
 
-@pytest.mark.parametrize("pack_mode", ["concat", "first_fit"])
+@pytest.mark.parametrize("pack_mode", ["concat", "first_fit", "none"])
 def test_state_restore_mid_stream_matches_uninterrupted(pack_mode):
     examples = random_examples(60, seed=0)
     if pack_mode == "concat":
         examples = [{"decoder_tokens": e["encoder_tokens"]} for e in examples]
         lengths = {"decoder_tokens": 7}
-    else:
+    else:  # first_fit and none
         lengths = {"encoder_tokens": 10, "decoder_tokens": 5}
     dataset = pack(
         grain.MapDataset.source(examples).to_iter_dataset(),
@@ -164,9 +202,9 @@ def test_state_restore_mid_stream_matches_uninterrupted(pack_mode):
     for got, want in zip(head + list(resumed), expected, strict=True):
         assert got.keys() == want.keys()
         assert all(np.array_equal(got[k], want[k]) for k in want)
-    # No token is lost or duplicated (first_fit truncates to the row length).
+    # No token is lost or duplicated (first_fit and none truncate to the row length).
     feature = next(iter(lengths))
-    limit = lengths[feature] if pack_mode == "first_fit" else None
+    limit = None if pack_mode == "concat" else lengths[feature]
     packed_tokens = np.concatenate([row[feature] for row in expected])
     source_tokens = np.concatenate([e[feature][:limit] for e in examples])
     assert sorted(packed_tokens[packed_tokens > 0]) == sorted(source_tokens)

@@ -50,6 +50,19 @@ class RandomWeightCausalLM(CausalLM):
         return example
 
 
+class StaticRandomWeightCausalLM(RandomWeightCausalLM):
+    dynamic_randomness = False
+
+
+class OtherDocumentLM(CausalLM):
+    """Appends the first token of the `other` document the pipeline hands it."""
+
+    uses_other_document = True
+
+    def preprocess(self, tokens, rng, other):
+        return super().preprocess(np.concatenate([tokens, other[:1]]), rng)
+
+
 def build(docs, tokenizer, objective=None, **overrides):
     kwargs = dict(batch_size=4, seed=0, shuffle=True, num_epochs=1, shard_index=0,
                   shard_count=1, pad_final_batch=True)  # fmt: skip
@@ -142,6 +155,45 @@ def test_objective_rng_is_fresh_each_epoch_and_repeatable():
     weights = weights_by_epoch(seed=0)
     assert (weights[0] != weights[1]).all()  # same document, new draw next epoch
     assert np.array_equal(weights_by_epoch(seed=0), weights)
+
+
+def test_static_rng_follows_the_document_across_epochs_and_shards():
+    docs = [str(i) for i in range(10, 16)]
+    objective = StaticRandomWeightCausalLM(seq_len=2, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+
+    def weight_by_doc(seed, shard_index=0, shard_count=1, num_epochs=2):
+        batches = build(docs, NumberTokenizer(), objective, batch_size=1, seed=seed,
+                        num_epochs=num_epochs, shard_index=shard_index,
+                        shard_count=shard_count)  # fmt: skip
+        pairs = [(int(b["decoder_target_tokens"][0, 0]), int(b["decoder_loss_weights"][0, 0]))
+                 for b in batches]  # fmt: skip
+        assert len(pairs) == len(docs) // shard_count * num_epochs
+        weights = dict(pairs)
+        assert len(set(pairs)) == len(weights)  # one weight per document, every epoch
+        return weights
+
+    weights = weight_by_doc(seed=0)
+    assert len(set(weights.values())) == len(docs)  # but different documents differ
+    sharded = {**weight_by_doc(0, 0, 2, num_epochs=1), **weight_by_doc(0, 1, 2, num_epochs=1)}
+    assert sharded == weights  # seeded by the document, not by the shard or position
+    assert weight_by_doc(seed=1) != weights
+
+
+def test_other_document_is_another_of_the_same_shard():
+    docs = [str(i) for i in range(10, 22)]
+    objective = OtherDocumentLM(seq_len=3, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+    for shard_index in range(2):
+        # No shuffle: grain's index shuffle costs milliseconds per element on 6 documents.
+        batches = build(docs, NumberTokenizer(), objective, batch_size=1, num_epochs=16,
+                        shuffle=False, shard_index=shard_index, shard_count=2)  # fmt: skip
+        pairs = np.array([b["decoder_target_tokens"][0, :2] for b in batches])  # [n, 2]
+        shard = {int(d) for d in docs[shard_index::2]}
+        assert set(pairs[:, 0]) == shard and set(pairs[:, 1]) == shard
+        assert (pairs[:, 0] != pairs[:, 1]).all()
+        counts = np.unique(pairs[:, 1], return_counts=True)[1]  # 16 epochs x 6 docs
+        assert counts.min() > 6 and counts.max() < 26  # uniform: 16 each
+    single = build(["7"], NumberTokenizer(), objective, batch_size=1, num_epochs=2)
+    assert [b["decoder_target_tokens"][0, :2].tolist() for b in single] == [[7, 7], [7, 7]]
 
 
 def test_shards_are_disjoint_and_cover_all_documents():

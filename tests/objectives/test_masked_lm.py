@@ -1,0 +1,426 @@
+"""masked_lm: hand-worked masks, rates over many tokens, word/span structure, NSP pairs,
+dynamic vs static masking through the pipeline, config errors, the real tokenizer."""
+
+import inspect
+import json
+import re
+
+import numpy as np
+import pytest
+
+from t5x_lite import objectives
+from t5x_lite import tokenizer as tok_lib
+from t5x_lite.data.pipeline import make_dataset
+from t5x_lite.errors import UserError
+from t5x_lite.objectives.masked_lm import (
+    MaskedLM,
+    select_spans,
+    select_whole_words,
+    truncate_pair,
+)
+
+# A toy vocabulary whose ids say what they are: 0..9 special (4 [MASK], 5 [CLS],
+# 6 [SEP]), 10..39 word starts, 40..49 continuation pieces.
+MASK, CLS, SEP = 4, 5, 6
+SMALL_SPECIAL = np.arange(50) < 10
+SMALL_WORD_START = (np.arange(50) >= 10) & (np.arange(50) < 40)
+# The same layout at scale for the statistics: 10..699 word starts, 700..999 pieces.
+BIG_SPECIAL = np.arange(1000) < 10
+BIG_WORD_START = (np.arange(1000) >= 10) & (np.arange(1000) < 700)
+
+KNOBS = dict(seq_len=16, mask_rate=0.15, replace_with_mask=0.8, replace_with_random=0.1,
+             keep_original=0.1, masking="token", span_geometric_p=0.2, span_max_length=10,
+             dynamic_masking=True, next_sentence_prediction=False)  # fmt: skip
+
+
+def make(big=False, **overrides):
+    knobs = {**KNOBS, **overrides}
+    vocab = dict(word_start=BIG_WORD_START, special=BIG_SPECIAL) if big else dict(
+        word_start=SMALL_WORD_START, special=SMALL_SPECIAL)  # fmt: skip
+    return MaskedLM(mask_id=MASK, cls_id=CLS, sep_id=SEP, **vocab, **knobs)
+
+
+def as_lists(example):
+    return {name: values.tolist() for name, values in example.items()}
+
+
+# Words: [11 40] [12] [13 41 42] [14] [15] [16 43]; 10 candidates.
+DOC = np.array([11, 40, 12, 13, 41, 42, 14, 15, 16, 43], np.int32)
+RATES = dict(mask_rate=0.3, replace_with_mask=0.5, replace_with_random=0.3, keep_original=0.2)
+
+
+def test_token_masking_hand_worked():
+    # k = round(0.3 * 10) = 3 tokens anywhere; each one decides mask/random/keep alone.
+    example = make(masking="token", **RATES).preprocess(DOC, np.random.default_rng(2))
+    assert as_lists(example) == {
+        "encoder_input_tokens": [CLS, 11, 42, MASK, 13, 41, 42, 17, 15, 16, 43, SEP],
+        "encoder_target_tokens": [CLS, 11, 40, 12, 13, 41, 42, 14, 15, 16, 43, SEP],
+        "encoder_loss_weights": [0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0],
+        "encoder_token_type_ids": [0] * 12,
+    }  # 40 -> random 42, 12 -> [MASK], 14 -> random 17
+
+
+def test_whole_word_masking_hand_worked():
+    # k = 3: the three-piece word [13 41 42] fills the budget; pieces decide alone.
+    example = make(masking="whole_word", **RATES).preprocess(DOC, np.random.default_rng(3))
+    assert example["encoder_loss_weights"].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
+    inputs = [CLS, 11, 40, 12, 42, MASK, MASK, 14, 15, 16, 43, SEP]  # 13 -> random 42
+    assert example["encoder_input_tokens"].tolist() == inputs
+    assert example["encoder_target_tokens"].tolist() == [CLS, *DOC, SEP]
+
+
+def test_span_masking_hand_worked():
+    doc = np.array([*DOC, 17, 18, 19, 44, 20], np.int32)  # 15 tokens: k = round(3.75) = 4
+    objective = make(masking="span", seq_len=32, **{**RATES, "mask_rate": 0.25})
+    example = objective.preprocess(doc, np.random.default_rng(2))
+    # Two spans of two one-piece words: [14 15] all random, [17 18] all [MASK].
+    weights = [0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0]
+    inputs = [CLS, 11, 40, 12, 13, 41, 42, 45, 12, 16, 43, MASK, MASK, 19, 44, 20, SEP]
+    assert example["encoder_loss_weights"].tolist() == weights
+    assert example["encoder_input_tokens"].tolist() == inputs
+
+
+def test_whole_words_take_one_word_even_if_longer_than_k():
+    chosen = select_whole_words(np.array([3, 2]), 1, np.random.default_rng(0))
+    assert chosen.sum() == 1
+    # Skips a word that would overflow k and keeps looking: only the 1-piece words fit.
+    chosen = select_whole_words(np.array([3, 1, 3, 1, 3]), 2, np.random.default_rng(0))
+    assert chosen.tolist() == [False, True, False, True, False]
+
+
+def test_all_candidates_masked_at_rate_one():
+    objective = make(mask_rate=1.0, replace_with_mask=1.0, replace_with_random=0.0,
+                     keep_original=0.0)  # fmt: skip
+    example = objective.preprocess(np.array([11, 4, 40, 7, 12], np.int32), np.random.default_rng(0))
+    # The user-typed [MASK] (4) and sentinel (7) are special: never selected.
+    assert example["encoder_input_tokens"].tolist() == [CLS, MASK, 4, MASK, 7, MASK, SEP]
+    assert example["encoder_loss_weights"].tolist() == [0, 1, 0, 1, 0, 1, 0]
+
+
+def test_nsp_true_continuation_hand_worked():
+    objective = make(next_sentence_prediction=True, seq_len=12, mask_rate=0.2,
+                     replace_with_mask=1.0, replace_with_random=0.0, keep_original=0.0)  # fmt: skip
+    doc = np.array([11, 40, 12, 13, 41, 42, 14, 15], np.int32)
+    other = np.array([20, 44, 21, 22, 45, 23, 24], np.int32)
+    # Split before 12: A = [11 40], B = the document's rest (label 0, IsNext).
+    assert as_lists(objective.preprocess(doc, np.random.default_rng(2), other)) == {
+        "encoder_input_tokens": [CLS, 11, 40, SEP, MASK, MASK, 41, 42, 14, 15, SEP],
+        "encoder_target_tokens": [CLS, 11, 40, SEP, 12, 13, 41, 42, 14, 15, SEP],
+        "encoder_loss_weights": [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0],
+        "encoder_token_type_ids": [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1],
+        "nsp_labels": [0],
+        "nsp_weights": [1],
+    }
+    # Same split, random B (label 1): the 6 tokens of `other` from its only word start
+    # that leaves room for 6.
+    example = objective.preprocess(doc, np.random.default_rng(5), other)
+    assert example["encoder_target_tokens"].tolist() == [CLS, 11, 40, SEP, 20, 44, 21, 22, 45,
+                                                         23, SEP]  # fmt: skip
+    assert example["encoder_token_type_ids"].tolist() == [0] * 4 + [1] * 7
+    assert example["nsp_labels"].tolist() == [1]
+
+
+def bert_truncate_seq_pair(a, b, budget):
+    """Reference: BERT's loop, one token at a time from the end of the longer."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget:
+        (a if len(a) > len(b) else b).pop()
+    return a, b
+
+
+@pytest.mark.parametrize(
+    ("len_a", "len_b", "budget"),
+    [(7, 3, 8), (3, 7, 8), (5, 5, 7), (6, 4, 5), (2, 9, 11), (9, 9, 2)],
+)
+def test_truncate_pair_matches_bert(len_a, len_b, budget):
+    a, b = np.arange(len_a), np.arange(100, 100 + len_b)
+    got = truncate_pair(a, b, budget)
+    assert [x.tolist() for x in got] == list(bert_truncate_seq_pair(a, b, budget))
+
+
+def big_corpus(num_docs, seed, min_len=300, max_len=600):
+    """Random documents over the big vocabulary, 70% word starts, a few special ids."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for length in rng.integers(min_len, max_len, num_docs):
+        starts = rng.integers(10, 700, length)
+        pieces = rng.integers(700, 1000, length)
+        doc = np.where(rng.random(length) < 0.7, starts, pieces)
+        doc[rng.random(length) < 0.01] = 7  # user-typed sentinels: special, never masked
+        docs.append(doc.astype(np.int32))
+    return docs
+
+
+def run_corpus(objective, docs):
+    examples = [objective.preprocess(doc, np.random.default_rng(i)) for i, doc in enumerate(docs)]
+    return {name: np.concatenate([e[name] for e in examples]) for name in examples[0]}
+
+
+@pytest.mark.parametrize(("masking", "rate_tolerance"), [("token", 0.0015), ("whole_word", 0.0015),
+                                                         ("span", 0.01)])  # fmt: skip
+def test_rates_over_many_tokens(masking, rate_tolerance):
+    # Span mode stops only once k is reached, overshooting by about half a span.
+    got = run_corpus(make(big=True, masking=masking, seq_len=512), big_corpus(250, seed=0))
+    inputs, targets = got["encoder_input_tokens"], got["encoder_target_tokens"]
+    selected = got["encoder_loss_weights"] == 1
+    candidates = ~BIG_SPECIAL[targets]
+    assert candidates.sum() > 100_000
+    assert not (selected & ~candidates).any()  # specials, [CLS], [SEP] never
+    assert np.array_equal(inputs[~selected], targets[~selected])
+    assert abs(selected.sum() / candidates.sum() - 0.15) < rate_tolerance
+    if masking == "span":
+        return  # one decision per span: too few draws for a 1% check
+    masked = (inputs == MASK)[selected].mean()
+    kept = (inputs == targets)[selected].mean()  # a random id equal to the original: 1/990
+    assert abs(masked - 0.8) < 0.01 and abs(kept - 0.1) < 0.01
+    assert abs(1 - masked - kept - 0.1) < 0.01
+
+
+ABLATIONS = [(1.0, 0.0, 0.0), (0.8, 0.0, 0.2), (0.8, 0.2, 0.0), (0.0, 0.2, 0.8), (0.0, 0.0, 1.0)]
+
+
+@pytest.mark.parametrize("masking", ["token", "whole_word", "span"])
+@pytest.mark.parametrize("rates", ABLATIONS)
+def test_ablation_rates_give_their_extremes(masking, rates):
+    to_mask, to_random, to_keep = rates
+    objective = make(big=True, masking=masking, seq_len=512, replace_with_mask=to_mask,
+                     replace_with_random=to_random, keep_original=to_keep)  # fmt: skip
+    got = run_corpus(objective, big_corpus(20, seed=1))
+    selected = got["encoder_loss_weights"] == 1
+    inputs, targets = got["encoder_input_tokens"][selected], got["encoder_target_tokens"][selected]
+    is_mask, is_kept = inputs == MASK, inputs == targets
+    assert is_mask.any() == (to_mask > 0) and is_mask.all() == (to_mask == 1)
+    assert is_kept.all() == (to_keep == 1)
+    assert (~is_mask & ~is_kept).any() == (to_random > 0)  # a random id, not the original
+    if to_keep == 0:  # only a random id that hits the original (1 in 990) is unchanged
+        assert is_kept.mean() < 0.01
+
+
+def word_ids(tokens, word_start):
+    return np.cumsum(word_start[tokens]) - 1
+
+
+def test_whole_words_are_selected_together():
+    docs = big_corpus(40, seed=2)
+    objective = make(big=True, masking="whole_word", seq_len=512)
+    for i, doc in enumerate(docs):
+        weights = objective.preprocess(doc, np.random.default_rng(i))["encoder_loss_weights"][1:-1]
+        candidates = ~BIG_SPECIAL[doc]
+        # A word: pieces after a word start, ending at the next word start or special.
+        words = np.cumsum(BIG_WORD_START[doc] | np.concatenate([[True], ~candidates[:-1]]))
+        words = words[candidates]
+        per_word = np.bincount(words, weights[candidates])
+        sizes = np.bincount(words)
+        assert np.all((per_word == 0) | (per_word == sizes))
+        assert weights.sum() == round(0.15 * candidates.sum())  # one-piece words fill any gap
+
+
+def test_span_lengths_follow_clipped_geometric():
+    p, max_length = 0.2, 10
+    lengths = np.arange(1, max_length + 1)
+    expected = np.sum(lengths * p * (1 - p) ** (lengths - 1)) / (1 - (1 - p) ** max_length)
+    assert abs(expected - 3.797) < 1e-3  # SpanBERT's "mean span length 3.8 words"
+    probs = p * (1 - p) ** (lengths - 1)
+    probs /= probs.sum()
+    rng = np.random.default_rng(0)
+    spans = []
+    for _ in range(300):
+        word_lengths = rng.integers(1, 4, 400)  # 400 words of 1..3 pieces
+        span_of_word = select_spans(word_lengths, 120, probs, rng)
+        num_spans = span_of_word.max() + 1
+        sizes = np.bincount(span_of_word[span_of_word >= 0], minlength=num_spans)
+        first = np.array([np.flatnonzero(span_of_word == s)[0] for s in range(num_spans)])
+        last = np.array([np.flatnonzero(span_of_word == s)[-1] for s in range(num_spans)])
+        assert np.array_equal(last - first + 1, sizes)  # contiguous, so no overlaps
+        total = word_lengths[span_of_word >= 0].sum()
+        last_span = word_lengths[span_of_word == num_spans - 1].sum()
+        assert total >= 120 and total - last_span < 120  # stops right after reaching k
+        spans.append(sizes)
+    assert abs(np.concatenate(spans).mean() / expected - 1) < 0.05
+
+
+def test_span_shares_one_decision():
+    objective = make(big=True, masking="span", seq_len=512)
+    for i, doc in enumerate(big_corpus(30, seed=3)):
+        targets = np.array([CLS, *doc, SEP], np.int32)
+        groups = objective.select(targets, np.random.default_rng(i))
+        inputs, weights = objective.corrupt(targets, np.random.default_rng(i))
+        assert np.array_equal(weights, (groups >= 0).astype(np.int32))
+        masked = np.bincount(groups[groups >= 0], inputs[groups >= 0] == MASK)
+        sizes = np.bincount(groups[groups >= 0])
+        assert np.all((masked == 0) | (masked == sizes))
+
+
+def test_nsp_labels_balanced_and_pairs_exact():
+    objective = make(big=True, next_sentence_prediction=True, seq_len=700)
+    # >= 8 tokens: all but ~0.02% have the two words a true continuation needs.
+    docs = big_corpus(2000, seed=4, min_len=8, max_len=40)
+    labels = []
+    for i, doc in enumerate(docs):
+        other = docs[i - 1]
+        example = objective.preprocess(doc, np.random.default_rng(i), other)
+        targets, types = example["encoder_target_tokens"], example["encoder_token_type_ids"]
+        first_sep, last = np.flatnonzero(targets == SEP)  # documents hold no [SEP]
+        assert targets[0] == CLS and last == len(targets) - 1
+        assert np.array_equal(types, np.arange(len(targets)) > first_sep)
+        a, b = targets[1:first_sep], targets[first_sep + 1 : last]
+        label = int(example["nsp_labels"][0])
+        if label == 0:  # short documents: nothing truncated, A + B is the document
+            assert np.array_equal(np.concatenate([a, b]), doc)
+        else:
+            assert np.array_equal(a, doc[: len(a)])
+            starts = np.flatnonzero(BIG_WORD_START[other])
+            assert any(np.array_equal(other[s : s + len(b)], b) for s in starts)
+        labels.append(label)
+    assert abs(np.mean(labels) - 0.5) < 0.02
+
+
+def test_nsp_long_document_is_truncated_to_seq_len():
+    objective = make(big=True, next_sentence_prediction=True, seq_len=64)
+    doc, other = big_corpus(2, seed=5)
+    for seed in range(20):
+        example = objective.preprocess(doc, np.random.default_rng(seed), other)
+        assert all(len(values) == 64 for name, values in example.items() if "encoder" in name)
+
+
+def test_contract_and_registry():
+    plain, nsp = make(), make(next_sentence_prediction=True, dynamic_masking=False)
+    assert objectives.get_class("masked_lm") is MaskedLM
+    # The config.objective keys are exactly KNOBS; the rest come from the tokenizer.
+    parameters = set(inspect.signature(MaskedLM).parameters)
+    assert parameters == set(KNOBS) | set(MaskedLM.ids_from_tokenizer)
+    assert plain.architectures == ("encoder_only",)
+    assert (plain.pack_mode, nsp.pack_mode) == ("concat", "none")
+    assert (plain.uses_other_document, nsp.uses_other_document) == (False, True)
+    assert (plain.dynamic_randomness, nsp.dynamic_randomness) == (True, False)
+    assert [t.name for t in plain.loss_terms] == ["mlm"]
+    mlm, nsp_term = nsp.loss_terms
+    assert (mlm.output, mlm.targets, mlm.weights) == (
+        "mlm_logits", "encoder_target_tokens", "encoder_loss_weights")  # fmt: skip
+    assert (nsp_term.output, nsp_term.targets, nsp_term.weights) == (
+        "nsp_logits", "nsp_labels", "nsp_weights")  # fmt: skip
+    assert nsp.feature_lengths() == {"encoder_input_tokens": 16, "encoder_target_tokens": 16,
+                                     "encoder_loss_weights": 16, "encoder_token_type_ids": 16,
+                                     "nsp_labels": 1, "nsp_weights": 1}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(keep_original=0.0), "config.objective.replace_with_mask + replace_with_random"
+                                  " + keep_original = 0.9, must be 1"),
+        (dict(replace_with_random=-0.1, keep_original=0.3), "replace_with_random=-0.1 must be in"),
+        (dict(mask_rate=0.0), "config.objective.mask_rate=0.0 must be in (0, 1]"),
+        (dict(masking="words"), "config.objective.masking='words' is not one of"),
+        (dict(next_sentence_prediction=True, seq_len=4), "raise config.objective.seq_len"),
+        (dict(seq_len=2), "seq_len=2 is too short"),
+        (dict(span_max_length=0), "config.objective.span_max_length=0 must be >= 1"),
+    ],
+)  # fmt: skip
+def test_bad_configs_are_one_line_user_errors(overrides, message):
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        make(**overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_seq_len_minimums_are_accepted():
+    make(next_sentence_prediction=True, seq_len=5)
+    make(seq_len=3)
+
+
+class NumbersTokenizer:
+    """ "11 40 12" -> [11, 40, 12]."""
+
+    def encode(self, text):
+        return np.array([int(word) for word in text.split()], np.int32)
+
+
+def epoch_rows(objective, seed, shuffle, num_docs=6, epochs=2):
+    """Rows of a 2-epoch pipeline keyed by (epoch, document): each doc fills one row."""
+    rng = np.random.default_rng(100)
+    docs = [" ".join(map(str, rng.integers(10, 1000, 14))) for _ in range(num_docs)]
+    batches = make_dataset(docs, NumbersTokenizer(), objective, batch_size=1, seed=seed,
+                           shuffle=shuffle, num_epochs=epochs, shard_index=0, shard_count=1,
+                           pad_final_batch=False)  # fmt: skip
+    rows = {}
+    for index, batch in enumerate(batches):
+        doc = docs.index(" ".join(map(str, batch["encoder_target_tokens"][0, 1:-1])))
+        rows[index // num_docs, doc] = batch["encoder_input_tokens"][0]
+    return rows
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_dynamic_masking_changes_each_epoch_static_does_not(shuffle):
+    dynamic = make(big=True, dynamic_masking=True, mask_rate=0.3)  # seq_len 16 = 14 + 2
+    rows = epoch_rows(dynamic, seed=0, shuffle=shuffle)
+    assert all(not np.array_equal(rows[0, d], rows[1, d]) for d in range(6))
+    assert all(np.array_equal(rows[k], v) for k, v in epoch_rows(dynamic, 0, shuffle).items())
+    static = make(big=True, dynamic_masking=False, mask_rate=0.3)
+    rows = epoch_rows(static, seed=0, shuffle=shuffle)
+    assert all(np.array_equal(rows[0, d], rows[1, d]) for d in range(6))
+    other_seed = epoch_rows(static, seed=1, shuffle=shuffle)
+    assert any(not np.array_equal(rows[0, d], other_seed[0, d]) for d in range(6))
+
+
+def test_nsp_through_the_pipeline_uses_other_documents_and_resumes():
+    # Document i holds ids 100*i + 10..19: B's ids tell which document it came from.
+    docs = [" ".join(str(100 * i + 10 + j) for j in range(10)) for i in range(1, 7)]
+    objective = make(big=True, next_sentence_prediction=True, seq_len=24)
+    dataset = make_dataset(docs, NumbersTokenizer(), objective, batch_size=4, seed=0,
+                           shuffle=True, num_epochs=5, shard_index=0, shard_count=1,
+                           pad_final_batch=True)  # fmt: skip
+    batches = list(dataset)
+    batch = batches[0]
+    assert batch["nsp_labels"].shape == (4, 1) and batch["encoder_input_tokens"].shape == (4, 24)
+    # [CLS] A [SEP] B [SEP] with len(A) + len(B) = 10, padded to 24.
+    assert batch["encoder_segment_ids"][0].tolist() == [1] * 13 + [0] * 11
+    assert batch["nsp_segment_ids"].tolist() == [[1]] * 4
+    targets = np.concatenate([b["encoder_target_tokens"] for b in batches])
+    types = np.concatenate([b["encoder_token_type_ids"] for b in batches])
+    labels = np.concatenate([b["nsp_labels"][:, 0] for b in batches])
+    valid = targets[:, 0] == CLS  # the padded last batch has empty rows
+    doc_a = targets[valid, 1] // 100
+    doc_b = np.array([row[t == 1][0] // 100 for row, t in zip(targets[valid], types[valid])])
+    assert np.array_equal(doc_a == doc_b, labels[valid] == 0)  # label 1: another document
+    assert 0.3 < labels[valid].mean() < 0.7
+    iterator = iter(dataset)
+    next(iterator)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = [next(iterator) for _ in range(3)]
+    resumed = iter(dataset)
+    resumed.set_state(state)
+    for got, want in zip([next(resumed) for _ in range(3)], expected, strict=True):
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    words = ["alpha", "beta", "gamma", "delta", "tasty", "model", "data", "token", "pack"]
+    rng = np.random.default_rng(0)
+    corpus = [" ".join(rng.choice(words, 20)) + "." for _ in range(80)]
+    prefix = tmp_path_factory.mktemp("mlm_tok") / "tok"
+    path = tok_lib.train_tokenizer(
+        corpus, str(prefix), vocab_size=400, model_type="bpe", max_sentences=1000
+    )
+    return tok_lib.Tokenizer(path)
+
+
+def test_tokenizer_masks_and_build(tokenizer):
+    special, word_start = tokenizer.special_mask(), tokenizer.word_start_mask()
+    assert special.shape == word_start.shape == (tokenizer.vocab_size,)
+    assert special[:107].all() and not special[107:].any()
+    assert not (word_start & special).any()
+    assert not word_start[107:363].any()  # byte pieces
+    pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    assert word_start.tolist() == [p.startswith("\u2581") and i >= 107 for i, p in
+                                   enumerate(pieces)]  # fmt: skip
+    knobs = {**KNOBS, "masking": "whole_word", "mask_rate": 0.3, "seq_len": 64}
+    objective = objectives.get_class("masked_lm").build(tokenizer, **knobs)
+    words = ["alpha", "tasty", "xylophone", "gamma", "€uro", "data", "zebra", "beta"]
+    tokens = tokenizer.encode(" ".join(words))  # unseen letters are spelled in bytes
+    assert len(tokens) > 2 * len(words)
+    for seed in range(20):
+        example = objective.preprocess(tokens, np.random.default_rng(seed))
+        selected = example["encoder_loss_weights"][1:-1] == 1
+        text = tokenizer.decode(np.where(selected, tokens, tokenizer.pad_id))
+        assert text.split() and set(text.split()) <= set(words)  # whole words only
