@@ -5,9 +5,19 @@ Launch (a tiny GPT on the offline corpus that ships with CPython, about a minute
     t5x-lite train --config=gin_configs/pretrain.py:gpt_tiny \
         --config.train.num_steps=200 --workdir=runs/gpt_tiny
 
+A BERT-style run is the same command with another variant:
+
+    t5x-lite train --config=gin_configs/pretrain.py:bert_tiny --workdir=runs/bert_tiny
+
 Variants (`--config=gin_configs/pretrain.py:<variant>`):
-  gpt_tiny   d_model 128, 4 layers: the "run locally" size, used by `make demo` and tests.
-  gpt_small  d_model 512, 8 layers, sequence 512: the benchmark size (`t5x-lite bench`).
+  gpt_tiny       GPT, d_model 128, 4 layers: the "run locally" size (`make demo`, tests).
+  gpt_small      GPT, d_model 512, 8 layers, sequence 512: the benchmark size.
+  bert_tiny      BERT: masked LM (15%, 80/10/10), static masks, next-sentence prediction;
+                 d_model 128, 2 layers.
+  bert_small     the same at 4 layers x 512 (BERT-Small); bert_base: 12 x 768 (110M).
+  roberta_tiny   RoBERTa: dynamic masking, no NSP, rows of whole documents;
+                 roberta_small / roberta_base as for BERT.
+  spanbert_tiny  SpanBERT: whole-word span masking, no NSP.
 
 Any leaf can be overridden on the command line, e.g.
 `--config.data.train.kind=text --config.data.train.path=input.txt`; an unknown key or a
@@ -69,25 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
         shuffle=True,
     )
 
-    config.objective = dict(name="causal_lm", seq_len=128)
-
-    config.model = dict(
-        arch="decoder_only",
-        vocab_size=config.tokenizer.get_ref("vocab_size"),
-        d_model=128,
-        num_layers=4,
-        num_heads=4,
-        head_dim=32,
-        d_ff=512,
-        max_len=config.objective.get_ref("seq_len"),
-        dropout_rate=0.0,
-        tie_embeddings=True,
-        dtype="float32",  # computation dtype: float32 | bfloat16 (params stay float32)
-        remat_policy="none",  # none | full | dots_saveable
-        # dot_product_attention = jax.nn.dot_product_attention (cuDNN's fused kernel on GPUs);
-        # einsum = the same math spelled out, ~1.6x faster attention backward on XLA:CPU.
-        attention_impl="dot_product_attention",
-    )
+    # config.objective and config.model come from the family: gpt_sections / bert_sections.
 
     config.partitioning = dict(
         # Mesh axis sizes; -1 = all remaining devices.
@@ -123,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
         progress_bar=True,
     )
 
+    # Decoder-only runs print a sample at the end; other architectures ignore this.
     config.sample = dict(
         prompt="The ",
         max_new_tokens=80,
@@ -132,11 +125,80 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def _model_common(config) -> dict:
+    """Model keys shared by every architecture."""
+    return dict(
+        vocab_size=config.tokenizer.get_ref("vocab_size"),
+        max_len=config.objective.get_ref("seq_len"),
+        dtype="float32",  # computation dtype: float32 | bfloat16 (params stay float32)
+        remat_policy="none",  # none | full | dots_saveable
+        # dot_product_attention = jax.nn.dot_product_attention (cuDNN's fused kernel on GPUs);
+        # einsum = the same math spelled out, ~1.6x faster attention backward on XLA:CPU.
+        attention_impl="dot_product_attention",
+    )
+
+
+def gpt_sections(config) -> None:
+    """GPT: decoder-only Transformer (pre-LN, learned positions), causal LM."""
+    config.objective = dict(name="causal_lm", seq_len=128)
+    config.model = dict(
+        arch="decoder_only",
+        d_model=128,
+        num_layers=4,
+        num_heads=4,
+        head_dim=32,
+        d_ff=512,
+        dropout_rate=0.0,
+        tie_embeddings=True,
+        **_model_common(config),
+    )
+
+
+def bert_sections(config, *, nsp: bool, dynamic: bool, masking: str) -> None:
+    """BERT family: encoder-only Transformer (post-LN, token types), masked LM."""
+    config.objective = dict(
+        name="masked_lm",
+        seq_len=128,
+        mask_rate=0.15,  # share of non-special tokens selected for prediction
+        # What a selected token becomes (BERT's 80/10/10); must sum to 1.
+        replace_with_mask=0.8,
+        replace_with_random=0.1,
+        keep_original=0.1,
+        masking=masking,  # token | whole_word | span (SpanBERT)
+        span_geometric_p=0.2,  # span masking: lengths ~ Geometric(p) words ...
+        span_max_length=10,  # ... clipped here
+        dynamic_masking=dynamic,  # True: new mask each epoch (RoBERTa); False: fixed (BERT)
+        # True: [CLS] A [SEP] B [SEP], B the true continuation half the time (BERT);
+        # False: full rows of whole documents (RoBERTa).
+        next_sentence_prediction=nsp,
+    )
+    config.model = dict(
+        arch="encoder_only",
+        d_model=128,
+        num_layers=2,
+        num_heads=2,
+        head_dim=64,
+        d_ff=512,
+        type_vocab_size=2,
+        dropout_rate=0.1,
+        layer_norm="post",  # post (original BERT) | pre
+        layer_norm_epsilon=1e-12,
+        activation="gelu",  # gelu (exact, as BERT) | gelu_tanh
+        **_model_common(config),
+    )
+    config.loss.z_loss = 0.0  # BERT's objective as published
+    config.data.batch_size = 32
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.b2 = 0.999
+    config.optimizer.weight_decay = 0.01
+
+
 def gpt_tiny(config):
-    del config  # the base is the tiny model
+    gpt_sections(config)
 
 
 def gpt_small(config):
+    gpt_sections(config)
     config.tokenizer.vocab_size = 8192
     config.objective.seq_len = 512
     config.model.update(d_model=512, num_layers=8, num_heads=8, head_dim=64, d_ff=2048)
@@ -148,7 +210,79 @@ def gpt_small(config):
     config.train.checkpoint_every = 1000
 
 
-VARIANTS = {"gpt_tiny": gpt_tiny, "gpt_small": gpt_small}
+def _bert_small(config):
+    """BERT-Small of Turc et al. (2019): 4 layers, 512 wide, 8 heads."""
+    config.tokenizer.vocab_size = 8192
+    config.model.update(d_model=512, num_layers=4, num_heads=8, head_dim=64, d_ff=2048)
+    config.optimizer.learning_rate = 5e-4
+
+
+def _bert_base(config):
+    """BERT-Base: 12 layers, 768 wide, 12 heads, 110M parameters with a 30,522 vocabulary.
+
+    Train its tokenizer on a real corpus (the embedded default is too small for 30k pieces)
+    or point config.tokenizer.path at one.
+    """
+    config.tokenizer.vocab_size = 30_522
+    config.objective.seq_len = 512
+    config.model.update(d_model=768, num_layers=12, num_heads=12, head_dim=64, d_ff=3072)
+    config.data.batch_size = 256
+    config.optimizer.learning_rate = 1e-4
+    config.optimizer.warmup_steps = 10_000
+    config.train.num_steps = 1_000_000
+
+
+def bert_tiny(config):
+    """BERT as published: token masking, static masks, next-sentence prediction."""
+    bert_sections(config, nsp=True, dynamic=False, masking="token")
+
+
+def bert_small(config):
+    bert_tiny(config)
+    _bert_small(config)
+
+
+def bert_base(config):
+    bert_tiny(config)
+    _bert_base(config)
+
+
+def roberta_tiny(config):
+    """RoBERTa: dynamic masking, no NSP, rows filled with whole documents."""
+    bert_sections(config, nsp=False, dynamic=True, masking="token")
+
+
+def roberta_small(config):
+    roberta_tiny(config)
+    _bert_small(config)
+
+
+def roberta_base(config):
+    roberta_tiny(config)
+    _bert_base(config)
+    config.data.batch_size = 2048  # RoBERTa trains with much larger batches (8k in the paper)
+    config.optimizer.b2 = 0.98
+    config.optimizer.weight_decay = 0.01
+    config.optimizer.learning_rate = 6e-4
+    config.train.num_steps = 500_000
+
+
+def spanbert_tiny(config):
+    """SpanBERT: contiguous whole-word spans (Geometric(0.2) words, at most 10), no NSP."""
+    bert_sections(config, nsp=False, dynamic=True, masking="span")
+
+
+VARIANTS = {
+    "gpt_tiny": gpt_tiny,
+    "gpt_small": gpt_small,
+    "bert_tiny": bert_tiny,
+    "bert_small": bert_small,
+    "bert_base": bert_base,
+    "roberta_tiny": roberta_tiny,
+    "roberta_small": roberta_small,
+    "roberta_base": roberta_base,
+    "spanbert_tiny": spanbert_tiny,
+}
 
 
 def get_config(arg=None):

@@ -85,6 +85,8 @@ def random_batch(run, rng: np.random.Generator) -> dict[str, np.ndarray]:
             value[:] = np.arange(value.shape[1])
         elif name.endswith(("_segment_ids", "_weights")):
             value[:] = 1
+        elif name.endswith(("_type_ids", "_labels")):
+            value[:] = 0  # small categorical inputs (token types, NSP labels)
         else:
             value[:] = rng.integers(7, run.config.model.vocab_size, value.shape)
     return batch

@@ -5,6 +5,7 @@ Shared by `train`, `bench` and the downstream commands so they all read data the
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import jax
@@ -72,14 +73,22 @@ def load_or_train_tokenizer(config, workdir: str, train_docs) -> tokenizer_lib.T
 
 
 def build_objective(config, tokenizer) -> objectives.Objective:
-    knobs = {k: v for k, v in config.objective.items() if k != "name"}
-    objective = objectives.get_class(config.objective.name).build(tokenizer, **knobs)
-    if config.model.arch not in objective.architectures:
+    cls = objectives.get_class(config.objective.name)
+    if config.model.arch not in cls.architectures:
         raise UserError(
-            f"config.objective.name={objective.name!r} does not fit "
-            f"config.model.arch={config.model.arch!r}; it fits {', '.join(objective.architectures)}"
+            f"config.objective.name={config.objective.name!r} does not fit "
+            f"config.model.arch={config.model.arch!r}; it fits {', '.join(cls.architectures)}"
         )
-    return objective
+    knobs = {k: v for k, v in config.objective.items() if k != "name"}
+    expected = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    missing = sorted(expected - set(knobs) - set(cls.ids_from_tokenizer))
+    unknown = sorted(set(knobs) - expected)
+    if missing or unknown:
+        raise UserError(
+            f"config.objective for {cls.name!r}: missing keys {missing}, unknown keys {unknown}; "
+            "start from a variant of this objective in gin_configs/"
+        )
+    return cls.build(tokenizer, **knobs)
 
 
 def process_batch_size(global_batch: int) -> int:
@@ -87,30 +96,25 @@ def process_batch_size(global_batch: int) -> int:
 
 
 def train_dataset(config, docs, tokenizer, objective):
-    return pipeline.make_dataset(
-        docs,
-        tokenizer,
-        objective,
-        batch_size=process_batch_size(config.data.batch_size),
-        seed=config.seed,
-        shuffle=config.data.shuffle,
-        num_epochs=None,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-        pad_final_batch=False,
-    )
+    """Endless, shuffled (if configured) batches of this process's shard."""
+    return _dataset(config, docs, tokenizer, objective, training=True)
 
 
 def eval_dataset(config, docs, tokenizer, objective):
+    """One ordered pass over this process's shard; the last batch padded with empty rows."""
+    return _dataset(config, docs, tokenizer, objective, training=False)
+
+
+def _dataset(config, docs, tokenizer, objective, *, training: bool):
     return pipeline.make_dataset(
         docs,
         tokenizer,
         objective,
         batch_size=process_batch_size(config.data.batch_size),
         seed=config.seed,
-        shuffle=False,
-        num_epochs=1,
+        shuffle=training and config.data.shuffle,
+        num_epochs=None if training else 1,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
-        pad_final_batch=True,
+        pad_final_batch=not training,
     )

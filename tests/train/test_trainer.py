@@ -15,8 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PRETRAIN = os.path.join(ROOT, "gin_configs", "pretrain.py")
 
 
-def tiny_config(corpus: str, **overrides):
-    """A very small GPT on `corpus` (a text file, one document per line)."""
+def tiny_config(corpus: str, variant: str = "gpt_tiny", **overrides):
+    """A very small model of `variant` on `corpus` (a text file, one document per line)."""
     base = {
         "data.train.kind": "text",
         "data.train.path": corpus,
@@ -35,7 +35,7 @@ def tiny_config(corpus: str, **overrides):
         "optimizer.warmup_steps": "5",
     }
     base.update({k: str(v) for k, v in overrides.items()})
-    return config_lib.load(f"{PRETRAIN}:gpt_tiny", list(base.items()))
+    return config_lib.load(f"{PRETRAIN}:{variant}", list(base.items()))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,21 @@ def test_checkpoint_from_another_model_is_refused(tmp_path, corpus):
         trainer.train(other, workdir)
 
 
+@pytest.mark.parametrize("variant", ["bert_tiny", "roberta_tiny", "spanbert_tiny"])
+def test_smoke_train_encoder_variants(tmp_path, corpus, variant):
+    config = tiny_config(corpus, variant, **{"train.num_steps": 3, "train.checkpoint_every": 0})
+    result = trainer.train(config, str(tmp_path / "run"))
+    (*_, last) = _rows(result.history, "train/mlm/loss")
+    assert np.isfinite(last["train/mlm/loss"]) and last["train/mlm/tokens"] > 0
+    if config.objective.next_sentence_prediction:
+        assert last["train/nsp/tokens"] == 4  # one NSP label per row of the batch
+
+
+def _rows(history, key):
+    return [r for r in history if key in r]
+
+
 def test_objective_must_fit_architecture(tmp_path, corpus):
-    config = tiny_config(corpus, **{"model.arch": "encoder_only", "train.num_steps": 1})
-    with pytest.raises(UserError):
+    config = tiny_config(corpus, **{"objective.name": "masked_lm", "train.num_steps": 1})
+    with pytest.raises(UserError, match="config.objective.name"):
         trainer.train(config, str(tmp_path / "run"))
