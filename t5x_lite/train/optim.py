@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from t5x_lite.errors import UserError
@@ -20,13 +21,19 @@ def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
             decay_steps=max(num_steps, warmup + 1),
             end_value=peak * opt_config.end_lr_fraction,
         )
+    if opt_config.schedule == "rsqrt":
+        # T5: constant `peak` for `warmup` steps, then peak * sqrt(warmup / step) (with
+        # peak 0.01 and warmup 10k this is T5's 1 / sqrt(max(step, 10k))).
+        warmup_f = float(max(warmup, 1))
+        return lambda step: peak * jnp.sqrt(warmup_f / jnp.maximum(step, warmup_f))
     if opt_config.schedule == "constant":
         return optax.join_schedules(
             [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
             [warmup],
         )
     raise UserError(
-        f"config.optimizer.schedule={opt_config.schedule!r} is unknown; use cosine or constant"
+        f"config.optimizer.schedule={opt_config.schedule!r} is unknown; "
+        "use cosine, constant or rsqrt"
     )
 
 
@@ -41,14 +48,12 @@ def _decay_mask(params):
 
 
 def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
-    if opt_config.name != "adamw":
-        raise UserError(f"config.optimizer.name={opt_config.name!r} is unknown; use adamw")
+    """AdamW (decoupled weight decay) or Adafactor (T5: factored second moments, update
+    clipping, updates scaled by the parameter's RMS, no momentum), after global-norm
+    clipping of the gradient."""
     schedule = learning_rate_schedule(opt_config, num_steps)
-    chain = []
-    if opt_config.grad_clip_norm > 0:
-        chain.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
-    chain.append(
-        optax.adamw(
+    if opt_config.name == "adamw":
+        update = optax.adamw(
             schedule,
             b1=opt_config.b1,
             b2=opt_config.b2,
@@ -56,5 +61,19 @@ def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
             weight_decay=opt_config.weight_decay,
             mask=_decay_mask,
         )
-    )
-    return optax.chain(*chain)
+    elif opt_config.name == "adafactor":
+        update = optax.adafactor(
+            schedule,
+            decay_rate=opt_config.adafactor_decay_rate,
+            clipping_threshold=opt_config.adafactor_clipping_threshold,
+            multiply_by_parameter_scale=opt_config.adafactor_multiply_by_parameter_scale,
+            weight_decay_rate=opt_config.weight_decay or None,
+            weight_decay_mask=_decay_mask,
+        )
+    else:
+        raise UserError(
+            f"config.optimizer.name={opt_config.name!r} is unknown; use adamw or adafactor"
+        )
+    if opt_config.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), update)
+    return update

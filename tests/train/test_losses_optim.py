@@ -4,10 +4,13 @@ import math
 
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
+from t5x_lite import config as config_lib
 from t5x_lite.errors import UserError
 from t5x_lite.train import losses, optim
+from tests.train.test_trainer import PRETRAIN
 
 
 def _sums(**kwargs):
@@ -46,18 +49,9 @@ def test_label_smoothing_is_kl_to_smoothed_target():
 
 
 def _opt(**overrides):
-    base = dict(
-        name="adamw",
-        learning_rate=1.0,
-        schedule="cosine",
-        warmup_steps=10,
-        end_lr_fraction=0.1,
-        b1=0.9,
-        b2=0.95,
-        eps=1e-8,
-        weight_decay=0.1,
-        grad_clip_norm=1.0,
-    )
+    """The shipped optimizer section (so every key the code reads exists), overridden."""
+    base = config_lib.load(PRETRAIN).optimizer.to_dict()
+    base.update(learning_rate=1.0, schedule="cosine", warmup_steps=10, end_lr_fraction=0.1)
     return ml_collections.ConfigDict({**base, **overrides})
 
 
@@ -73,6 +67,41 @@ def test_cosine_schedule_values():
 def test_constant_schedule_values():
     schedule = optim.learning_rate_schedule(_opt(schedule="constant"), num_steps=100)
     assert [float(schedule(s)) for s in (0, 5, 10, 99)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
+
+
+def test_rsqrt_schedule_is_t5s():
+    schedule = optim.learning_rate_schedule(
+        _opt(schedule="rsqrt", learning_rate=0.01, warmup_steps=10_000), num_steps=10**6
+    )
+    for step in (0, 1, 5_000, 10_000, 40_000, 250_000):
+        assert float(schedule(step)) == pytest.approx(1 / math.sqrt(max(step, 10_000)), rel=1e-6)
+
+
+def test_adafactor_factors_second_moments_and_descends():
+    import jax
+    import jax.numpy as jnp
+
+    params = {"kernel": jnp.ones((256, 192)), "bias": jnp.ones((192,))}
+    tx = optim.make_optimizer(
+        _opt(
+            name="adafactor",
+            schedule="constant",
+            warmup_steps=0,
+            learning_rate=0.1,
+            weight_decay=0.0,
+        ),
+        10,
+    )
+    state = tx.init(params)
+    shapes = {tuple(x.shape) for x in jax.tree.leaves(state)}
+    assert (256,) in shapes and (192,) in shapes  # row and column statistics of the kernel
+    assert (256, 192) not in shapes  # no full second-moment matrix
+    loss = lambda p: jnp.sum((p["kernel"] - 3.0) ** 2) + jnp.sum((p["bias"] - 3.0) ** 2)
+    before = loss(params)
+    for _ in range(5):
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    assert loss(params) < before
 
 
 def test_unknown_optimizer_settings_fail_clearly():
