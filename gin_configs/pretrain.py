@@ -18,6 +18,11 @@ Variants (`--config=gin_configs/pretrain.py:<variant>`):
   roberta_tiny   RoBERTa: dynamic masking, no NSP, rows of whole documents;
                  roberta_small / roberta_base as for BERT.
   spanbert_tiny  SpanBERT: whole-word span masking, no NSP.
+  t5_tiny        T5 1.1 style: encoder-decoder, span corruption (15%, mean span 3),
+                 Adafactor with the inverse-square-root schedule; 2 + 2 layers of 128.
+  t5_small       T5 1.1 small (8 + 8 x 512); t5_base: T5 1.1 base (12 + 12 x 768).
+  t5_tiny_prefix_lm, t5_tiny_bert_style, t5_tiny_deshuffling
+                 t5_tiny with the other objectives of the T5 paper's comparison.
 
 Any leaf can be overridden on the command line, e.g.
 `--config.data.train.kind=text --config.data.train.path=input.txt`; an unknown key or a
@@ -88,15 +93,20 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
     config.optimizer = dict(
-        name="adamw",
+        name="adamw",  # adamw | adafactor (T5's)
         learning_rate=3e-3,
-        schedule="cosine",  # cosine (to end_lr_fraction * peak) | constant (after warmup)
+        # cosine: warmup, then down to end_lr_fraction * peak; constant: warmup, then flat;
+        # rsqrt (T5): flat for warmup_steps, then peak * sqrt(warmup_steps / step).
+        schedule="cosine",
         warmup_steps=50,
         end_lr_fraction=0.1,
-        b1=0.9,
-        b2=0.95,
-        eps=1e-8,
-        weight_decay=0.1,  # decoupled; not applied to biases, LayerNorm scales
+        b1=0.9,  # adamw
+        b2=0.95,  # adamw
+        eps=1e-8,  # adamw
+        weight_decay=0.1,  # decoupled; not applied to biases, LayerNorm scales; 0 = off
+        adafactor_decay_rate=0.8,  # second-moment decay exponent: beta2_t = 1 - t**-0.8
+        adafactor_clipping_threshold=1.0,  # clip each update's RMS to this
+        adafactor_multiply_by_parameter_scale=True,  # relative step sizes
         grad_clip_norm=1.0,  # global norm; 0 disables
     )
 
@@ -129,7 +139,6 @@ def _model_common(config) -> dict:
     """Model keys shared by every architecture."""
     return dict(
         vocab_size=config.tokenizer.get_ref("vocab_size"),
-        max_len=config.objective.get_ref("seq_len"),
         dtype="float32",  # computation dtype: float32 | bfloat16 (params stay float32)
         remat_policy="none",  # none | full | dots_saveable
         # dot_product_attention = jax.nn.dot_product_attention (cuDNN's fused kernel on GPUs);
@@ -150,6 +159,7 @@ def gpt_sections(config) -> None:
         d_ff=512,
         dropout_rate=0.0,
         tie_embeddings=True,
+        max_len=config.objective.get_ref("seq_len"),
         **_model_common(config),
     )
 
@@ -184,6 +194,7 @@ def bert_sections(config, *, nsp: bool, dynamic: bool, masking: str) -> None:
         layer_norm="post",  # post (original BERT) | pre
         layer_norm_epsilon=1e-12,
         activation="gelu",  # gelu (exact, as BERT) | gelu_tanh
+        max_len=config.objective.get_ref("seq_len"),
         **_model_common(config),
     )
     config.loss.z_loss = 0.0  # BERT's objective as published
@@ -272,6 +283,103 @@ def spanbert_tiny(config):
     bert_sections(config, nsp=False, dynamic=True, masking="span")
 
 
+def t5_sections(config) -> None:
+    """T5 (1.1 style by default): encoder-decoder, relative position bias, span corruption."""
+    config.objective = dict(
+        name="span_corruption",
+        inputs_length=128,  # encoder row length (T5: 512)
+        targets_length=32,  # decoder row length (T5: 114, what 512 raw tokens leave at 15%)
+        noise_density=0.15,  # share of raw tokens corrupted
+        mean_noise_span_length=3.0,  # 1.0 = i.i.d. token noise
+        corrupted_span="sentinel",  # sentinel: one sentinel per span | drop: tokens removed
+    )
+    config.model = dict(
+        arch="encoder_decoder",
+        d_model=128,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        head_dim=32,
+        d_ff=512,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        mlp="gated_gelu",  # gated_gelu (T5 1.1) | relu (T5 1.0)
+        # False: separate output layer (T5 1.1); True: logits from the embedding scaled
+        # by d_model**-0.5 (T5 1.0).
+        tie_embeddings=False,
+        dropout_rate=0.0,  # T5 1.1 pretrains without dropout
+        layer_norm_epsilon=1e-6,
+        **_model_common(config),
+    )
+    config.loss.z_loss = 1e-4  # T5X's default
+    config.optimizer.update(
+        name="adafactor",
+        schedule="rsqrt",
+        learning_rate=0.01,
+        warmup_steps=10_000,
+        weight_decay=0.0,
+        grad_clip_norm=0.0,
+    )
+
+
+def t5_objective(config, name: str) -> None:
+    """Swap in another objective of the T5 paper's comparison (its Table 3/4 rows)."""
+    lengths = dict(
+        inputs_length=config.objective.inputs_length,
+        targets_length=config.objective.targets_length,
+    )
+    if name == "prefix_lm":
+        # 'random': prefix length uniform over the chunk; 'fixed': prefix_fraction of it.
+        config.objective = dict(name=name, split="random", prefix_fraction=0.5, **lengths)
+    elif name == "bert_style":
+        # 15% corrupted, target = the whole original text; 0.9/0.1/0 is T5's row (no keep).
+        config.objective = dict(
+            name=name,
+            noise_density=0.15,
+            replace_with_mask=0.9,
+            replace_with_random=0.1,
+            keep_original=0.0,
+            **lengths,
+        )
+    elif name == "deshuffling":
+        config.objective = dict(name=name, **lengths)
+    else:
+        raise ValueError(f"unknown T5 objective {name!r}")
+
+
+def t5_tiny(config):
+    t5_sections(config)
+    config.optimizer.warmup_steps = 1000  # a flat 0.01 for a short run, as T5's first 10k
+
+
+def t5_small(config):
+    """T5 1.1 small: 8 + 8 layers, 512 wide, 6 heads of 64, gated-GELU 1024, untied head."""
+    t5_sections(config)
+    config.tokenizer.vocab_size = 32_128
+    config.objective.update(inputs_length=512, targets_length=114)
+    config.model.update(
+        d_model=512, num_encoder_layers=8, num_decoder_layers=8, num_heads=6, head_dim=64, d_ff=1024
+    )
+    config.data.batch_size = 128
+    config.train.num_steps = 524_288
+
+
+def t5_base(config):
+    """T5 1.1 base: 12 + 12 layers, 768 wide, 12 heads of 64, gated-GELU 2048."""
+    t5_small(config)
+    config.model.update(
+        d_model=768, num_encoder_layers=12, num_decoder_layers=12, num_heads=12, d_ff=2048
+    )
+
+
+def _t5_tiny_with(name):
+    def variant(config):
+        t5_tiny(config)
+        t5_objective(config, name)
+
+    return variant
+
+
 VARIANTS = {
     "gpt_tiny": gpt_tiny,
     "gpt_small": gpt_small,
@@ -282,6 +390,12 @@ VARIANTS = {
     "roberta_small": roberta_small,
     "roberta_base": roberta_base,
     "spanbert_tiny": spanbert_tiny,
+    "t5_tiny": t5_tiny,
+    "t5_small": t5_small,
+    "t5_base": t5_base,
+    "t5_tiny_prefix_lm": _t5_tiny_with("prefix_lm"),
+    "t5_tiny_bert_style": _t5_tiny_with("bert_style"),
+    "t5_tiny_deshuffling": _t5_tiny_with("deshuffling"),
 }
 
 

@@ -17,7 +17,7 @@ def data_dir() -> str:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return path
+    return os.path.abspath(path)  # tests may change directory; CI passes a relative path
 
 
 @pytest.fixture

@@ -14,11 +14,13 @@ import flax.linen as nn
 
 from t5x_lite.errors import UserError
 from t5x_lite.models.decoder_only import DecoderOnly
+from t5x_lite.models.encoder_decoder import EncoderDecoder
 from t5x_lite.models.encoder_only import EncoderOnly
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "decoder_only": DecoderOnly,
     "encoder_only": EncoderOnly,
+    "encoder_decoder": EncoderDecoder,
 }
 
 # Dataclass fields every flax Module has that are not model hyperparameters.

@@ -128,7 +128,8 @@ def scanned_stack(
         block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
     scanned_cls = nn.scan(
         block_cls,
-        variable_axes={"params": 0},
+        # The decoding cache (EncoderDecoder) is per layer, like the params.
+        variable_axes={"params": 0, "cache": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * num_broadcast_inputs,
         length=num_layers,

@@ -1,6 +1,12 @@
 """Pretraining objectives. Importing this package registers every built-in objective."""
 
-from t5x_lite.objectives import causal_lm, masked_lm  # noqa: F401  (registers)
+from t5x_lite.objectives import (  # noqa: F401  (registers)
+    causal_lm,
+    masked_lm,
+    prefix_lm,
+    span_corruption,
+    t5_variants,
+)
 from t5x_lite.objectives.base import (
     PACK_CONCAT,
     PACK_FIRST_FIT,

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from t5x_lite import config as config_lib
 from t5x_lite import models
@@ -57,18 +58,28 @@ def build_run(config, tokenizer) -> Run:
     tx = optim.make_optimizer(config.optimizer, config.train.num_steps)
     run = Run(config, mesh, rules, tokenizer, objective, model, tx, None, None)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(_boxed_init(run), jax.random.key(0))
-        run.state_shardings = partitioning.logical_shardings(boxed, mesh, rules)
-    run.abstract_state = checkpoints.abstract_with_shardings(
-        nn.meta.unbox(boxed), run.state_shardings
+        boxed_params = jax.eval_shape(_boxed_params(run), jax.random.key(0))
+    params = nn.meta.unbox(boxed_params)
+    abstract = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        opt_state=jax.eval_shape(run.tx.init, params),
     )
+    run.state_shardings = _state_shardings(run, boxed_params, abstract)
+    run.abstract_state = checkpoints.abstract_with_shardings(abstract, run.state_shardings)
     return run
 
 
-def _boxed_init(run: Run):
+def _boxed_params(run: Run):
+    """rng -> params still wrapped with their logical axis names."""
+    return lambda rng: run.model.init({"params": rng}, run.dummy_batch(1), deterministic=True)[
+        "params"
+    ]
+
+
+def _init(run: Run):
     def init(rng):
-        batch = run.dummy_batch(1)
-        params = run.model.init({"params": rng}, batch, deterministic=True)["params"]
+        params = nn.meta.unbox(_boxed_params(run)(rng))
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=run.tx.init(params)
         )
@@ -76,10 +87,26 @@ def _boxed_init(run: Run):
     return init
 
 
+def _state_shardings(run: Run, boxed_params, abstract: TrainState) -> TrainState:
+    """Params sharded by their logical names; optimizer moments shaped like a parameter
+    share its sharding (FSDP for Adam's mu/nu), anything else (Adafactor's factored row
+    and column statistics, counters) is small and replicated."""
+    param_shardings = partitioning.logical_shardings(boxed_params, run.mesh, run.rules)
+    replicated = partitioning.replicated(run.mesh)
+    opt_shardings = optax.tree_map_params(
+        run.tx,
+        lambda leaf, param, sharding: sharding if leaf.shape == param.shape else replicated,
+        abstract.opt_state,
+        abstract.params,
+        param_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+    return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+
+
 def init_state(run: Run, seed: int) -> TrainState:
-    init = lambda rng: nn.meta.unbox(_boxed_init(run)(rng))
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-        return jax.jit(init, out_shardings=run.state_shardings)(jax.random.key(seed))
+        return jax.jit(_init(run), out_shardings=run.state_shardings)(jax.random.key(seed))
 
 
 def loss_sums(run: Run, params, batch, *, dropout_rng):

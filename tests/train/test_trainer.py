@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from t5x_lite import config as config_lib
+from t5x_lite.data import inputs
 from t5x_lite.errors import UserError
 from t5x_lite.train import trainer
 
@@ -141,6 +142,60 @@ def test_smoke_train_encoder_variants(tmp_path, corpus, variant):
     assert np.isfinite(last["train/mlm/loss"]) and last["train/mlm/tokens"] > 0
     if config.objective.next_sentence_prediction:
         assert last["train/nsp/tokens"] == 4  # one NSP label per row of the batch
+
+
+T5_SMALL = {
+    "objective.inputs_length": 32,
+    "objective.targets_length": 16,
+    "model.num_encoder_layers": 1,
+    "model.num_decoder_layers": 1,
+}
+
+
+def test_smoke_train_encoder_decoder(tmp_path, corpus):
+    overrides = {**T5_SMALL, "train.num_steps": 3, "train.checkpoint_every": 0}
+    result = trainer.train(t5_config(corpus, "t5_tiny", **overrides), str(tmp_path / "run"))
+    (*_, last) = _rows(result.history, "train/lm/loss")
+    assert np.isfinite(last["train/lm/loss"]) and last["train/lm/tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    "variant", ["t5_tiny_prefix_lm", "t5_tiny_bert_style", "t5_tiny_deshuffling"]
+)
+def test_every_t5_objective_feeds_the_model_batches(tmp_path, corpus, variant):
+    """The other objectives of T5's table: batches with the features the model reads."""
+    config = t5_config(corpus, variant, **T5_SMALL)
+    docs, _ = inputs.load_documents(config.data)
+    run = trainer.build_run(config, inputs.load_or_train_tokenizer(config, str(tmp_path), docs))
+    batch = next(iter(inputs.train_dataset(config, docs, run.tokenizer, run.objective)))
+    assert batch["encoder_input_tokens"].shape == (4, 32)
+    assert batch["decoder_target_tokens"].shape == (4, 16)
+    assert batch["decoder_loss_weights"].sum() > 0
+    # Every example's inputs and targets share a packing segment.
+    for row in range(4):
+        enc = set(batch["encoder_segment_ids"][row]) - {0}
+        dec = set(batch["decoder_segment_ids"][row]) - {0}
+        assert enc == dec
+
+
+def t5_config(corpus, variant, **overrides):
+    """tiny_config's data and trainer settings on an encoder-decoder variant."""
+    base = {
+        "data.train.kind": "text",
+        "data.train.path": corpus,
+        "data.train.doc_mode": "line",
+        "data.eval.kind": "none",
+        "data.batch_size": "4",
+        "tokenizer.vocab_size": "450",
+        "model.d_model": "32",
+        "model.num_heads": "2",
+        "model.head_dim": "16",
+        "model.d_ff": "64",
+        "train.progress_bar": "false",
+        "train.log_every": "1",
+    }
+    base.update({k: str(v) for k, v in overrides.items()})
+    return config_lib.load(f"{PRETRAIN}:{variant}", list(base.items()))
 
 
 def _rows(history, key):

@@ -1,0 +1,267 @@
+"""Import a Hugging Face T5ForConditionalGeneration (config.json + model.safetensors) into
+EncoderDecoder: T5 1.0 (ReLU MLP, head tied to the embedding and scaled by d_model**-0.5)
+and T5 1.1 (gated-GELU MLP, unscaled head). Only numpy and safetensors touch the
+checkpoint; torch is never imported.
+
+Layout changes: torch Linear weights [out, in] become kernels [in, out], attention
+projections split into (heads, kv); per-block tensors are stacked on a leading 'layers'
+axis as `nn.scan` stores them. HF keeps the relative position table in block 0 of each
+stack and reuses its bias in every block, which is exactly our one table per stack.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from safetensors.numpy import load_file
+
+from t5x_lite.errors import UserError
+from t5x_lite.models.encoder_decoder import EncoderDecoder
+
+_HF_MLPS = {"relu": "relu", "gated-gelu": "gated_gelu"}
+
+# Our path suffix under 'encoder/layers/' or 'decoder/layers/' -> (HF name under
+# '<stack>.block.{i}.layer.', layout). Layouts as in hf_bert: "linear" torch [out, in]
+# -> [in, *out_dims]; "linear_from_heads" [out, heads * kv] -> [heads, kv, out];
+# "vector" copied (reshaped); "table" copied.
+_ATTENTION = {"query": "q", "key": "k", "value": "v", "out": "o"}
+
+
+def _attention_specs(ours: str, theirs: str, sublayer: int) -> dict[str, tuple[str, str]]:
+    specs = {
+        f"{ours}/{name}/kernel": (
+            f"{sublayer}.{theirs}.{hf}.weight",
+            "linear_from_heads" if name == "out" else "linear",
+        )
+        for name, hf in _ATTENTION.items()
+    }
+    specs[f"{ours}_norm/scale"] = (f"{sublayer}.layer_norm.weight", "vector")
+    return specs
+
+
+def _mlp_specs(mlp: str, sublayer: int) -> dict[str, tuple[str, str]]:
+    inputs = ["wi"] if mlp == "relu" else ["wi_0", "wi_1"]
+    specs = {
+        f"mlp/{name}/kernel": (f"{sublayer}.DenseReluDense.{name}.weight", "linear")
+        for name in inputs + ["wo"]
+    }
+    specs["mlp_norm/scale"] = (f"{sublayer}.layer_norm.weight", "vector")
+    return specs
+
+
+def _param_specs(mlp: str) -> dict[str, tuple[str, str]]:
+    """Our full param path -> (HF tensor name, with {i} for stacked layers, layout)."""
+    specs = {"token_embed/embedding": ("shared.weight", "table")}
+    per_stack = {
+        "encoder": _attention_specs("attention", "SelfAttention", 0) | _mlp_specs(mlp, 1),
+        "decoder": _attention_specs("attention", "SelfAttention", 0)
+        | _attention_specs("cross_attention", "EncDecAttention", 1)
+        | _mlp_specs(mlp, 2),
+    }
+    for stack_name, layer_specs in per_stack.items():
+        for path, (name, layout) in layer_specs.items():
+            specs[f"{stack_name}/layers/{path}"] = (
+                f"{stack_name}.block.{{i}}.layer.{name}",
+                layout,
+            )
+        specs[f"{stack_name}/final_norm/scale"] = (
+            f"{stack_name}.final_layer_norm.weight",
+            "vector",
+        )
+        specs[f"{stack_name}/relpos/rel_embedding"] = (
+            f"{stack_name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            "table",
+        )
+    return specs
+
+
+def _read_config(hf_dir: str) -> dict[str, Any]:
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} does not exist; point at a directory written by save_pretrained")
+    with open(path) as f:
+        hf_config = json.load(f)
+    if hf_config.get("model_type") != "t5":
+        raise UserError(f"{path}: model_type={hf_config.get('model_type')!r} is not 't5'")
+    return hf_config
+
+
+def scales_head(hf_config: Mapping[str, Any]) -> bool:
+    """Whether HF multiplies the decoder output by d_model**-0.5 before the head.
+
+    transformers >= 5 saves `scale_decoder_outputs`; older configs say it through
+    `tie_word_embeddings` (absent means True, T5 1.0).
+    """
+    if "scale_decoder_outputs" in hf_config:
+        return bool(hf_config["scale_decoder_outputs"])
+    return hf_config.get("tie_word_embeddings", True) is not False
+
+
+def model_config_from_hf(hf_config: Mapping[str, Any], *, tie_embeddings: bool) -> dict[str, Any]:
+    """HF T5Config dict -> `config.model` dict for EncoderDecoder (float32).
+
+    HF's dropout on attention probabilities has no counterpart here; `dropout_rate` is
+    applied to the embeddings, every residual branch, MLP hidden units and stack outputs.
+    """
+    required = [
+        "vocab_size",
+        "d_model",
+        "d_kv",
+        "d_ff",
+        "num_layers",
+        "num_heads",
+        "relative_attention_num_buckets",
+        "dropout_rate",
+        "layer_norm_epsilon",
+        "feed_forward_proj",
+    ]
+    missing = [key for key in required if key not in hf_config]
+    if missing:
+        raise UserError(f"HF T5 config.json lacks {', '.join(missing)}")
+    if hf_config["feed_forward_proj"] not in _HF_MLPS:
+        raise UserError(
+            f"HF T5 feed_forward_proj={hf_config['feed_forward_proj']!r} is not one of "
+            f"{', '.join(_HF_MLPS)}"
+        )
+    return {
+        "arch": "encoder_decoder",
+        "vocab_size": hf_config["vocab_size"],
+        "d_model": hf_config["d_model"],
+        "num_encoder_layers": hf_config["num_layers"],
+        # HF writes null for "same as the encoder".
+        "num_decoder_layers": hf_config.get("num_decoder_layers") or hf_config["num_layers"],
+        "num_heads": hf_config["num_heads"],
+        "head_dim": hf_config["d_kv"],
+        "d_ff": hf_config["d_ff"],
+        "relative_attention_num_buckets": hf_config["relative_attention_num_buckets"],
+        # Configs saved before HF made it a key (the original t5-* ones) used 128.
+        "relative_attention_max_distance": hf_config.get("relative_attention_max_distance", 128),
+        "mlp": _HF_MLPS[hf_config["feed_forward_proj"]],
+        "tie_embeddings": tie_embeddings,
+        "dropout_rate": hf_config["dropout_rate"],
+        "layer_norm_epsilon": hf_config["layer_norm_epsilon"],
+        "dtype": "float32",
+        "remat_policy": "none",
+        "attention_impl": "dot_product_attention",
+    }
+
+
+def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
+    """model.safetensors -> {HF name: float32 array}, minus copies tied to shared.weight."""
+    path = os.path.join(hf_dir, "model.safetensors")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} does not exist; re-save the model with save_pretrained")
+    tensors = {name: value.astype(np.float32) for name, value in load_file(path).items()}
+    # An unused table some old checkpoints carry; HF ignores it on load too.
+    tensors.pop("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight", None)
+    for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+        if name in tensors:
+            copy = tensors.pop(name)
+            if "shared.weight" not in tensors or not np.array_equal(copy, tensors["shared.weight"]):
+                raise UserError(f"{path}: {name} is not tied to shared.weight")
+    return tensors
+
+
+def _head_kernel(tensors, hf_config, d_model: int) -> np.ndarray | None:
+    """The untied logits kernel [embed, vocab], or None for a T5 1.0 tied, scaled head.
+
+    A scaled separate head folds the scale into the kernel; an unscaled shared head
+    (how transformers >= 5 saves T5 1.1 configs) becomes a copy of the embedding.
+    """
+    scale = d_model**-0.5 if scales_head(hf_config) else 1.0
+    head = tensors.pop("lm_head.weight", None)
+    if head is not None and np.array_equal(head, tensors.get("shared.weight")):
+        head = None
+    if head is None:
+        if scale != 1.0:
+            return None
+        head = _take(tensors, "shared.weight", keep=True)
+    return (head.T * np.float32(scale)).astype(np.float32)
+
+
+def _take(tensors: dict[str, np.ndarray], name: str, keep: bool = False) -> np.ndarray:
+    if name not in tensors:
+        raise UserError(f"HF T5 checkpoint lacks tensor {name}")
+    return tensors[name] if keep else tensors.pop(name)
+
+
+def _convert(name: str, value: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+    """One HF tensor -> our `shape`; UserError naming the tensor on a shape mismatch."""
+    in_axes = {"linear": 1, "linear_from_heads": 2}.get(layout)
+    if in_axes is not None:
+        hf_shape = (math.prod(shape[in_axes:]), math.prod(shape[:in_axes]))
+        converted = value.T
+    elif layout == "table":
+        hf_shape, converted = shape, value
+    else:
+        hf_shape, converted = (math.prod(shape),), value
+    if value.shape != hf_shape:
+        raise UserError(f"HF tensor {name} has shape {value.shape}; expected {hf_shape}")
+    return converted.reshape(shape)
+
+
+def _convert_param(tensors, template: str, layout: str, shape, num_layers: int) -> np.ndarray:
+    """Pops the HF tensor(s) behind one param (every layer's, for '{i}' templates)."""
+    if "{i}" not in template:
+        return _convert(template, _take(tensors, template), layout, shape)
+    per_layer = []
+    for i in range(num_layers):
+        name = template.format(i=i)
+        per_layer.append(_convert(name, _take(tensors, name), layout, shape[1:]))
+    return np.stack(per_layer)  # [layers, ...]
+
+
+def _param_shapes(model: EncoderDecoder, rng: jax.Array) -> dict[str, tuple[int, ...]]:
+    batch = {
+        name: jnp.zeros((1, 1), jnp.int32)
+        for name in (
+            "encoder_input_tokens",
+            "encoder_segment_ids",
+            "encoder_positions",
+            "decoder_input_tokens",
+            "decoder_segment_ids",
+            "decoder_positions",
+        )
+    }
+    variables = jax.eval_shape(lambda key: model.init(key, batch, deterministic=True), rng)
+    flat = traverse_util.flatten_dict(nn.meta.unbox(variables["params"]), sep="/")
+    return {path: leaf.shape for path, leaf in flat.items()}
+
+
+def load_hf_t5(hf_dir: str, *, rng: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A saved HF T5ForConditionalGeneration -> (`config.model` dict, params).
+
+    `params` is exactly EncoderDecoder's `init(...)["params"]` tree, unboxed, as float32
+    numpy arrays. Every tensor must be present and used; a missing or unused tensor or a
+    shape mismatch is a UserError naming it. `rng` only feeds the shape computation.
+    """
+    hf_config = _read_config(hf_dir)
+    tensors = _read_tensors(hf_dir)
+    model_config = model_config_from_hf(hf_config, tie_embeddings=True)
+    head = _head_kernel(tensors, hf_config, model_config["d_model"])
+    model_config["tie_embeddings"] = head is None
+    model = EncoderDecoder(**{k: v for k, v in model_config.items() if k != "arch"})
+    shapes = _param_shapes(model, rng)
+    layer_counts = {"encoder": model.num_encoder_layers, "decoder": model.num_decoder_layers}
+    flat = {
+        path: _convert_param(tensors, template, layout, shapes[path], layer_counts.get(path[:7], 0))
+        for path, (template, layout) in _param_specs(model.mlp).items()
+    }
+    if head is not None:
+        flat["decoder/logits_kernel"] = _convert(
+            "lm_head.weight", head.T, "linear", shapes["decoder/logits_kernel"]
+        )
+    if tensors:
+        raise UserError(f"HF T5 checkpoint has unused tensor(s): {', '.join(sorted(tensors))}")
+    if set(flat) != set(shapes):
+        raise UserError(f"HF T5 import does not cover {', '.join(sorted(set(shapes) - set(flat)))}")
+    return model_config, traverse_util.unflatten_dict(flat, sep="/")
