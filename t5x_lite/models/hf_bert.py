@@ -11,9 +11,7 @@ attention projections split into (heads, kv); per-layer tensors are stacked on a
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import load_file
 
 from t5x_lite.errors import UserError
+from t5x_lite.models import hf_files
 from t5x_lite.models.encoder_only import EncoderOnly
 
 # HF hidden_act -> our activation name; other HF activations have no counterpart here.
@@ -94,17 +92,6 @@ _HEAD_TENSORS = {
 }
 
 
-def _read_config(hf_dir: str) -> dict[str, Any]:
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} does not exist; point at a directory written by save_pretrained")
-    with open(path) as f:
-        hf_config = json.load(f)
-    if hf_config.get("model_type") != "bert":
-        raise UserError(f"{path}: model_type={hf_config.get('model_type')!r} is not 'bert'")
-    return hf_config
-
-
 def model_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
     """HF BertConfig dict -> `config.model` dict for EncoderOnly (post-LN, float32).
 
@@ -160,10 +147,7 @@ def model_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     """model.safetensors -> {HF name: float32 array}, minus buffers and tied copies."""
-    path = os.path.join(hf_dir, "model.safetensors")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} does not exist; re-save the model with save_pretrained")
-    tensors = {name: value.astype(np.float32) for name, value in load_file(path).items()}
+    tensors = hf_files.read_tensors(hf_dir)
     # A buffer, not a parameter; transformers < 5 saved it.
     for name in ("embeddings.position_ids", "bert.embeddings.position_ids"):
         tensors.pop(name, None)
@@ -177,7 +161,9 @@ def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
         if name in tensors:
             copy = tensors.pop(name)
             if source not in tensors or not np.array_equal(copy, tensors[source]):
-                raise UserError(f"{path}: {name} is not tied to {source}; untied heads unsupported")
+                raise UserError(
+                    f"{hf_dir}: {name} is not tied to {source}; untied heads unsupported"
+                )
     return tensors
 
 
@@ -248,7 +234,7 @@ def load_hf_bert(hf_dir: str, *, rng: jax.Array) -> tuple[dict[str, Any], dict[s
     so its outputs are meaningless until fine-tuned. A partial head, an unused tensor
     or a shape mismatch is a UserError naming the tensor.
     """
-    model_config = model_config_from_hf(_read_config(hf_dir))
+    model_config = model_config_from_hf(hf_files.read_config(hf_dir, "bert"))
     tensors = _read_tensors(hf_dir)
     prefix = "bert." if any(name.startswith("bert.") for name in tensors) else ""
     model = EncoderOnly(**{k: v for k, v in model_config.items() if k != "arch"})

@@ -12,7 +12,6 @@ kernels [embed, heads, kv]. Per-layer tensors are stacked on a leading 'layers' 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -25,11 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 from flax import traverse_util
-from safetensors.numpy import load_file
 from tokenizers import decoders, models, pre_tokenizers
 
 from t5x_lite.errors import UserError
-from t5x_lite.models import decoder_only
+from t5x_lite.models import decoder_only, hf_files
 from t5x_lite.models.decoder_only import DecoderOnly
 from t5x_lite.models.hf_bert import _convert
 
@@ -69,17 +67,6 @@ _QKV = ("q", "k", "v")
 # Attention-mask buffers that transformers < 4.x saved next to the weights.
 _BUFFER = re.compile(r"^(transformer\.)?h\.\d+\.attn\.(masked_)?bias$")
 _LM_HEAD = "lm_head.weight"
-
-
-def _read_config(hf_dir: str) -> dict[str, Any]:
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} does not exist; point at a directory written by save_pretrained")
-    with open(path) as f:
-        hf_config = json.load(f)
-    if hf_config.get("model_type") != "gpt2":
-        raise UserError(f"{path}: model_type={hf_config.get('model_type')!r} is not 'gpt2'")
-    return hf_config
 
 
 def model_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,12 +125,9 @@ def model_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
 def _read_tensors(hf_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
     """model.safetensors -> ({HF name: float32 array}, the lm_head weight or None, the
     model prefix), minus buffers."""
-    path = os.path.join(hf_dir, "model.safetensors")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} does not exist; re-save the model with save_pretrained")
     tensors = {
-        name: value.astype(np.float32)
-        for name, value in load_file(path).items()
+        name: value
+        for name, value in hf_files.read_tensors(hf_dir).items()
         if not _BUFFER.match(name)
     }
     lm_head = tensors.pop(_LM_HEAD, None)
@@ -201,7 +185,7 @@ def load_hf_gpt2(
     weight, if saved, must equal wte; untied, it becomes the logits kernel. A missing or
     unused tensor or a shape mismatch is a UserError naming the tensor.
     """
-    model_config = model_config_from_hf(_read_config(hf_dir))
+    model_config = model_config_from_hf(hf_files.read_config(hf_dir, "gpt2"))
     tensors, lm_head, prefix = _read_tensors(hf_dir)
     model = DecoderOnly(**{k: v for k, v in model_config.items() if k != "arch"})
     rng = jax.random.key(0) if rng is None else rng

@@ -11,9 +11,7 @@ stack and reuses its bias in every block, which is exactly our one table per sta
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import load_file
 
 from t5x_lite.errors import UserError
+from t5x_lite.models import hf_files
 from t5x_lite.models.encoder_decoder import EncoderDecoder
 
 _HF_MLPS = {"relu": "relu", "gated-gelu": "gated_gelu"}
@@ -82,17 +80,6 @@ def _param_specs(mlp: str) -> dict[str, tuple[str, str]]:
             "table",
         )
     return specs
-
-
-def _read_config(hf_dir: str) -> dict[str, Any]:
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} does not exist; point at a directory written by save_pretrained")
-    with open(path) as f:
-        hf_config = json.load(f)
-    if hf_config.get("model_type") != "t5":
-        raise UserError(f"{path}: model_type={hf_config.get('model_type')!r} is not 't5'")
-    return hf_config
 
 
 def scales_head(hf_config: Mapping[str, Any]) -> bool:
@@ -157,17 +144,14 @@ def model_config_from_hf(hf_config: Mapping[str, Any], *, tie_embeddings: bool) 
 
 def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     """model.safetensors -> {HF name: float32 array}, minus copies tied to shared.weight."""
-    path = os.path.join(hf_dir, "model.safetensors")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} does not exist; re-save the model with save_pretrained")
-    tensors = {name: value.astype(np.float32) for name, value in load_file(path).items()}
+    tensors = hf_files.read_tensors(hf_dir)
     # An unused table some old checkpoints carry; HF ignores it on load too.
     tensors.pop("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight", None)
     for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
         if name in tensors:
             copy = tensors.pop(name)
             if "shared.weight" not in tensors or not np.array_equal(copy, tensors["shared.weight"]):
-                raise UserError(f"{path}: {name} is not tied to shared.weight")
+                raise UserError(f"{hf_dir}: {name} is not tied to shared.weight")
     return tensors
 
 
@@ -244,7 +228,7 @@ def load_hf_t5(hf_dir: str, *, rng: jax.Array) -> tuple[dict[str, Any], dict[str
     numpy arrays. Every tensor must be present and used; a missing or unused tensor or a
     shape mismatch is a UserError naming it. `rng` only feeds the shape computation.
     """
-    hf_config = _read_config(hf_dir)
+    hf_config = hf_files.read_config(hf_dir, "t5")
     tensors = _read_tensors(hf_dir)
     model_config = model_config_from_hf(hf_config, tie_embeddings=True)
     head = _head_kernel(tensors, hf_config, model_config["d_model"])
