@@ -11,7 +11,6 @@ attention projections split into (heads, kv); per-layer tensors are stacked on a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -167,24 +166,6 @@ def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     return tensors
 
 
-_LINEAR_IN_AXES = {"linear": 1, "linear_from_heads": 2}
-
-
-def _convert(name: str, value: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
-    """One HF tensor -> our `shape`; UserError naming the tensor on a shape mismatch."""
-    if layout in _LINEAR_IN_AXES:
-        in_axes = _LINEAR_IN_AXES[layout]
-        hf_shape = (math.prod(shape[in_axes:]), math.prod(shape[:in_axes]))
-        converted = value.T
-    elif layout == "table":
-        hf_shape, converted = shape, value
-    else:
-        hf_shape, converted = (math.prod(shape),), value
-    if value.shape != hf_shape:
-        raise UserError(f"HF tensor {name} has shape {value.shape}; expected {hf_shape}")
-    return converted.reshape(shape)
-
-
 def _take(tensors: dict[str, np.ndarray], name: str) -> np.ndarray:
     if name not in tensors:
         raise UserError(f"HF BERT checkpoint lacks tensor {name}")
@@ -196,11 +177,11 @@ def _convert_param(tensors, path: str, spec, shape, prefix: str, num_layers: int
     template, layout = spec
     if not path.startswith("layers/"):
         name = template.format(bert=prefix)
-        return _convert(name, _take(tensors, name), layout, shape)
+        return hf_files.convert_tensor(name, _take(tensors, name), layout, shape)
     per_layer = []
     for i in range(num_layers):
         name = template.format(bert=prefix, i=i)
-        per_layer.append(_convert(name, _take(tensors, name), layout, shape[1:]))
+        per_layer.append(hf_files.convert_tensor(name, _take(tensors, name), layout, shape[1:]))
     return np.stack(per_layer)  # [layers, ...]
 
 

@@ -29,7 +29,6 @@ from tokenizers import decoders, models, pre_tokenizers
 from t5x_lite.errors import UserError
 from t5x_lite.models import decoder_only, hf_files
 from t5x_lite.models.decoder_only import DecoderOnly
-from t5x_lite.models.hf_bert import _convert
 
 # HF activation_function values that are DecoderOnly's tanh-approximated GELU.
 _HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
@@ -138,7 +137,7 @@ def _read_tensors(hf_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray | None
 def _convert_one(name: str, value: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
     """One HF tensor (or a third of c_attn) -> our `shape`; UserError on a mismatch."""
     if layout in ("table", "vector"):
-        return _convert(name, value, layout, shape)
+        return hf_files.convert_tensor(name, value, layout, shape)
     if layout == "conv1d":  # the kernel's leading dims flatten into Conv1D's rows
         hf_shape = (math.prod(shape[:-1]), shape[-1])
     else:  # a third of c_attn; the kernel is (embed, heads, kv), the bias (heads, kv)
@@ -219,7 +218,9 @@ def load_hf_gpt2(
                 f"HF GPT-2 checkpoint lacks tensor {_LM_HEAD} (tie_word_embeddings=false)"
             )
         # torch Linear [vocab, embed] -> kernel [embed, vocab]
-        flat["logits_kernel"] = _convert(_LM_HEAD, lm_head, "linear", shapes["logits_kernel"])
+        flat["logits_kernel"] = hf_files.convert_tensor(
+            _LM_HEAD, lm_head, "linear", shapes["logits_kernel"]
+        )
     missing = sorted(set(shapes) - set(flat))
     assert not missing, missing  # _TENSORS out of step with DecoderOnly
     return model_config, traverse_util.unflatten_dict(flat, sep="/")

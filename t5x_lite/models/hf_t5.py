@@ -11,7 +11,6 @@ stack and reuses its bias in every block, which is exactly our one table per sta
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -178,29 +177,14 @@ def _take(tensors: dict[str, np.ndarray], name: str, keep: bool = False) -> np.n
     return tensors[name] if keep else tensors.pop(name)
 
 
-def _convert(name: str, value: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
-    """One HF tensor -> our `shape`; UserError naming the tensor on a shape mismatch."""
-    in_axes = {"linear": 1, "linear_from_heads": 2}.get(layout)
-    if in_axes is not None:
-        hf_shape = (math.prod(shape[in_axes:]), math.prod(shape[:in_axes]))
-        converted = value.T
-    elif layout == "table":
-        hf_shape, converted = shape, value
-    else:
-        hf_shape, converted = (math.prod(shape),), value
-    if value.shape != hf_shape:
-        raise UserError(f"HF tensor {name} has shape {value.shape}; expected {hf_shape}")
-    return converted.reshape(shape)
-
-
 def _convert_param(tensors, template: str, layout: str, shape, num_layers: int) -> np.ndarray:
     """Pops the HF tensor(s) behind one param (every layer's, for '{i}' templates)."""
     if "{i}" not in template:
-        return _convert(template, _take(tensors, template), layout, shape)
+        return hf_files.convert_tensor(template, _take(tensors, template), layout, shape)
     per_layer = []
     for i in range(num_layers):
         name = template.format(i=i)
-        per_layer.append(_convert(name, _take(tensors, name), layout, shape[1:]))
+        per_layer.append(hf_files.convert_tensor(name, _take(tensors, name), layout, shape[1:]))
     return np.stack(per_layer)  # [layers, ...]
 
 
@@ -241,7 +225,7 @@ def load_hf_t5(hf_dir: str, *, rng: jax.Array) -> tuple[dict[str, Any], dict[str
         for path, (template, layout) in _param_specs(model.mlp).items()
     }
     if head is not None:
-        flat["decoder/logits_kernel"] = _convert(
+        flat["decoder/logits_kernel"] = hf_files.convert_tensor(
             "lm_head.weight", head.T, "linear", shapes["decoder/logits_kernel"]
         )
     if tensors:

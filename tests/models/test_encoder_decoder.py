@@ -12,9 +12,9 @@ import pytest
 from t5x_lite.errors import UserError
 from t5x_lite.models import ARCHITECTURES, build_model
 from t5x_lite.models.encoder_decoder import EncoderDecoder, init_decode_cache
+from tests.models.helpers import fast_jit
 
 BATCH, ENCODER_LENGTH, DECODER_LENGTH, VOCAB = 2, 9, 6, 128
-fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 LOGICAL_NAMES = {"embed", "heads", "kv", "mlp", "vocab", "layers", "relpos_buckets"}
 KEY = jax.random.key(0, impl="rbg")
 

@@ -14,12 +14,9 @@ import pytest
 from t5x_lite.errors import UserError
 from t5x_lite.models import ARCHITECTURES, build_model
 from t5x_lite.models.encoder_only import EncoderOnly
+from tests.models.helpers import LOGICAL_NAMES, fast_jit
 
 BATCH, LENGTH, VOCAB = 2, 16, 128
-# Unoptimized CPU codegen halves XLA compile time, which dominates these tiny-model tests;
-# every compared pair of results is compiled the same way.
-fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-LOGICAL_NAMES = {"batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers", None}
 
 
 def tiny_config(**overrides) -> dict:

@@ -23,11 +23,11 @@ from t5x_lite.errors import UserError
 from t5x_lite.hf_tokenizer import WordPieceTokenizer
 from t5x_lite.models import build_model
 from t5x_lite.models.hf_bert import load_hf_bert
+from tests.models.helpers import fast_jit
 
 VOCAB, LENGTH, PAD_FROM = 100, 12, 9  # row 1 is padding from PAD_FROM on
 KEY = jax.random.key(0, impl="rbg")
 # Unoptimized CPU codegen: compile time, not compute, dominates these tiny models.
-fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def hf_config() -> transformers.BertConfig:

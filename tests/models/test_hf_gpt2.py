@@ -4,7 +4,6 @@ The HF model is built with random weights (torch.manual_seed) and saved to a tem
 directory; nothing is downloaded.
 """
 
-import functools
 import json
 import os
 import shutil
@@ -23,10 +22,10 @@ from tokenizers import pre_tokenizers
 from t5x_lite.errors import UserError
 from t5x_lite.models import build_model
 from t5x_lite.models.hf_gpt2 import END_OF_TEXT, GPT2Tokenizer, load_hf_gpt2
+from tests.models.helpers import fast_jit
 
 VOCAB, LENGTH = 100, 12
 # Unoptimized CPU codegen: compile time, not compute, dominates these tiny models.
-fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 @pytest.fixture(scope="module")

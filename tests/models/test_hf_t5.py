@@ -21,10 +21,10 @@ from t5x_lite.errors import UserError
 from t5x_lite.models import build_model
 from t5x_lite.models.hf_t5 import load_hf_t5
 from t5x_lite.models.t5_layers import relative_position_bucket
+from tests.models.helpers import fast_jit
 
 VOCAB, ENCODER_LENGTH, DECODER_LENGTH, PAD_FROM = 100, 9, 6, 6  # row 1 padded from PAD_FROM
 KEY = jax.random.key(0, impl="rbg")
-fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 # T5 1.0 (ReLU, tied and scaled head) and T5 1.1 (gated GELU, unscaled head).
 VARIANTS = {"t5_1_0": ("relu", True), "t5_1_1": ("gated-gelu", False)}
 

@@ -1,16 +1,14 @@
 """Building blocks: masks worked by hand, logical names, dtype handling."""
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite.models import layers
+from tests.models.helpers import fast_jit
 
 # Unoptimized CPU codegen: compile time, not compute, dominates these tiny checks.
-fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 KEY = jax.random.key(0, impl="rbg")  # cheaper to compile than threefry; same distributions
 
 
