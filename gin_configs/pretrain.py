@@ -11,6 +11,9 @@ A BERT-style run is the same command with another variant:
 
 Variants (`--config=gin_configs/pretrain.py:<variant>`):
   gpt_tiny       GPT, d_model 128, 4 layers: the "run locally" size (`make demo`, tests).
+  gpt_tiny_prefix_lm
+                 gpt_tiny as a prefix LM: bidirectional over a random prefix, loss on
+                 the rest.
   gpt_small      GPT, d_model 512, 8 layers, sequence 512: the benchmark size.
   bert_tiny      BERT: masked LM (15%, 80/10/10), static masks, next-sentence prediction;
                  d_model 128, 2 layers.
@@ -130,6 +133,8 @@ def base_config() -> ml_collections.ConfigDict:
         prompt="The ",
         max_new_tokens=80,
         temperature=0.8,  # 0 = greedy
+        top_k=0,  # keep only the k most likely tokens; 0 = off
+        top_p=1.0,  # nucleus: smallest set with probability >= top_p; 1.0 = off
         seed=0,
     )
     return config
@@ -206,6 +211,18 @@ def bert_sections(config, *, nsp: bool, dynamic: bool, masking: str) -> None:
 
 def gpt_tiny(config):
     gpt_sections(config)
+
+
+def gpt_tiny_prefix_lm(config):
+    """gpt_tiny trained as a prefix LM: bidirectional attention over a random prefix,
+    loss on the rest (the decoder-only row of the T5 paper's architecture table)."""
+    gpt_sections(config)
+    config.objective = dict(
+        name="prefix_lm",
+        seq_len=config.objective.get_ref("seq_len"),  # model.max_len follows it
+        split="random",  # random: prefix length uniform over the chunk; fixed: see below
+        prefix_fraction=0.5,  # fixed split: this share of the chunk is the prefix
+    )
 
 
 def gpt_small(config):
@@ -382,6 +399,7 @@ def _t5_tiny_with(name):
 
 VARIANTS = {
     "gpt_tiny": gpt_tiny,
+    "gpt_tiny_prefix_lm": gpt_tiny_prefix_lm,
     "gpt_small": gpt_small,
     "bert_tiny": bert_tiny,
     "bert_small": bert_small,

@@ -127,6 +127,36 @@ def test_bad_data_files(tmp_path, content, needle):
     _one_line_error(out, needle, "data.txt")
 
 
+@pytest.mark.parametrize(
+    "variant,overrides,needles",
+    [
+        ("t5_tiny", ["objective.inputs_length=2"],
+         ["config.objective.inputs_length=2 is too short", "inputs_length >= 3"]),
+        ("t5_tiny", ["objective.targets_length=2"], ["config.objective.targets_length=2"]),
+        ("t5_tiny", ["objective.inputs_length=1024", "objective.targets_length=1024",
+                     "objective.noise_density=0.5", "objective.mean_noise_span_length=2.0"],
+         ["noise spans but there are 100 sentinels", "raise mean_noise_span_length"]),
+        ("t5_tiny_prefix_lm", ["objective.targets_length=1"],
+         ["config.objective.targets_length=1 must be >= 2"]),
+        ("gpt_tiny", ["objective.name=span_corruption"],
+         ["does not fit config.model.arch='decoder_only'", "encoder_decoder"]),
+        ("bert_tiny", ["objective.name=prefix_lm"],
+         ["does not fit config.model.arch='encoder_only'", "encoder_decoder, decoder_only"]),
+    ],
+)  # fmt: skip
+def test_objective_settings_fail_before_reading_data(tmp_path, variant, overrides, needles):
+    # The data path does not exist: the objective is checked before anything is read.
+    out = cli(
+        "train",
+        f"--config=gin_configs/pretrain.py:{variant}",
+        f"--workdir={tmp_path}/run",
+        "--config.data.train.kind=text",
+        f"--config.data.train.path={tmp_path}/missing.txt",
+        *(f"--config.{override}" for override in overrides),
+    )
+    _one_line_error(out, *needles)
+
+
 def test_mesh_that_does_not_divide_devices(tmp_path, corpus):
     out = cli(
         "train",

@@ -1,6 +1,11 @@
-"""Prefix language modeling for encoder-decoders (T5's "prefix LM" objective, Raffel et
-al. 2020, section 3.3.1): the encoder reads the start of a text, the decoder predicts
-the rest.
+"""Prefix language modeling (T5's "prefix LM" objective, Raffel et al. 2020, sections
+3.2.1 and 3.3.1): a model reads the start of a text and predicts the rest. One config
+name, one class per architecture:
+
+  encoder_decoder  (`PrefixLM`) the encoder reads the prefix, the decoder predicts the rest.
+  decoder_only     (`DecoderPrefixLM`) one row holds prefix and rest; attention is
+                   bidirectional within the prefix and causal after it, and only the
+                   rest is scored.
 
 Split (`split`), for a chunk of n tokens:
   random  the prefix length is uniform in [1, n - 1] (T5's random_prefix_noise_mask at
@@ -11,6 +16,8 @@ Split (`split`), for a chunk of n tokens:
           splits into a prefix (+ EOS) <= inputs_length and a rest (+ EOS) <=
           targets_length. prefix_fraction is read only here, but is a required key like
           every other (no hidden defaults).
+For the decoder-only model the chunk has at most seq_len - 1 tokens (BOS + chunk fills
+the input row, chunk + EOS the target row) and `split` works on it the same way.
 A longer document gives a chunk at a uniformly random start (one example per document,
 as the objective contract says; the pipeline redraws it every epoch). A one-token
 document has no split: the encoder reads EOS alone and the decoder predicts the token.
@@ -41,9 +48,9 @@ def fixed_split(length, prefix_fraction: float):
     return np.clip(np.round(prefix_fraction * length), 1, length - 1).astype(np.int64)
 
 
-def _validate_knobs(knobs: dict) -> None:
+def _validate_knobs(knobs: dict, length_keys=("inputs_length", "targets_length")) -> None:
     """One-line UserErrors, each naming the config.objective key to change."""
-    for key in ("inputs_length", "targets_length"):
+    for key in length_keys:
         if knobs[key] < 2:
             raise UserError(f"config.objective.{key}={knobs[key]} must be >= 2 (one token and EOS)")
     if knobs["split"] not in SPLIT_MODES:
@@ -99,12 +106,68 @@ class PrefixLM(base.Objective):
 
     def preprocess(self, tokens, rng):
         chunk = random_chunk(np.asarray(tokens, np.int32), self.raw_length, rng)
-        if len(chunk) == 1:
-            prefix_length = 0
-        elif self.split == "random":
-            prefix_length = int(rng.integers(1, len(chunk)))
-        else:
-            prefix_length = int(fixed_split(len(chunk), self.prefix_fraction))
+        prefix_length = split_point(len(chunk), self.split, self.prefix_fraction, rng)
         return encoder_decoder_example(
             chunk[:prefix_length], chunk[prefix_length:], bos_id=self.bos_id, eos_id=self.eos_id
         )
+
+
+def split_point(chunk_length: int, split: str, prefix_fraction: float, rng) -> int:
+    """How many of a chunk's tokens form the prefix: 0 for a one-token chunk, else in
+    [1, chunk_length - 1], uniform ('random') or by prefix_fraction ('fixed')."""
+    if chunk_length == 1:
+        return 0
+    if split == "random":
+        return int(rng.integers(1, chunk_length))
+    return int(fixed_split(chunk_length, prefix_fraction))
+
+
+@register("prefix_lm")
+class DecoderPrefixLM(base.Objective):
+    """Prefix LM in one decoder row (T5's "prefix LM" architecture, Raffel et al. 2020,
+    figure 4 right; UniLM's seq-to-seq mask).
+
+    For a chunk x_1..x_n split after p tokens:
+      decoder_input_tokens   BOS x_1 ... x_n
+      decoder_target_tokens  x_1 ... x_n EOS
+      decoder_prefix_mask    1 at positions 0..p (their input tokens are BOS, x_1..x_p),
+                             0 after: the model attends bidirectionally among them
+      decoder_loss_weights   1 at positions p..n: x_{p+1}, ..., x_n and EOS are scored
+    Position p is in both sets: it reads x_p with the whole prefix in view and predicts
+    x_{p+1}, which it cannot see. Examples are packed whole (first fit), so a prefix is
+    never cut from its continuation.
+    """
+
+    architectures = ("decoder_only",)
+    pack_mode = base.PACK_FIRST_FIT
+    loss_terms = (base.LossTerm("lm", "logits", "decoder_target_tokens", "decoder_loss_weights"),)
+    ids_from_tokenizer = ("bos_id", "eos_id")
+
+    def __init__(self, *, seq_len: int, split: str, prefix_fraction: float, bos_id: int,
+                 eos_id: int):  # fmt: skip
+        _validate_knobs(dict(locals()), length_keys=("seq_len",))
+        self.seq_len = seq_len
+        self.split = split
+        self.prefix_fraction = prefix_fraction
+        self.bos_id, self.eos_id = bos_id, eos_id
+        self.raw_length = seq_len - 1
+
+    @classmethod
+    def build(cls, tokenizer, **knobs):
+        return cls(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **knobs)
+
+    def feature_lengths(self):
+        names = ("input_tokens", "target_tokens", "prefix_mask", "loss_weights")
+        return {f"decoder_{name}": self.seq_len for name in names}
+
+    def preprocess(self, tokens, rng):
+        chunk = random_chunk(np.asarray(tokens, np.int32), self.raw_length, rng)
+        prefix_length = split_point(len(chunk), self.split, self.prefix_fraction, rng)
+        targets = np.concatenate([chunk, [self.eos_id]]).astype(np.int32)
+        position = np.arange(len(targets))
+        return {
+            "decoder_input_tokens": np.concatenate([[self.bos_id], chunk]).astype(np.int32),
+            "decoder_target_tokens": targets,
+            "decoder_prefix_mask": (position <= prefix_length).astype(np.int32),
+            "decoder_loss_weights": (position >= prefix_length).astype(np.int32),
+        }

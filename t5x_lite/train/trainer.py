@@ -193,6 +193,7 @@ def train(config, workdir: str) -> TrainResult:
     partitioning.check_batch_size(
         config.data.batch_size, partitioning.make_mesh(config.partitioning.mesh)
     )
+    inputs.check_objective(config)
     config_lib.save(config, workdir)
     train_docs, eval_docs = inputs.load_documents(config.data)
     run = build_run(config, inputs.load_or_train_tokenizer(config, workdir, train_docs))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from t5x_lite import objectives
+from t5x_lite.data.pipeline import make_dataset
 from t5x_lite.errors import UserError
-from t5x_lite.objectives.prefix_lm import PrefixLM
+from t5x_lite.objectives.prefix_lm import DecoderPrefixLM, PrefixLM
 
 BOS, EOS = 3, 1
 KNOBS = dict(inputs_length=6, targets_length=6, split="random", prefix_fraction=0.5)
@@ -83,7 +84,7 @@ def test_every_example_fits_and_is_a_contiguous_chunk(split, fraction):
 
 def test_contract_and_registry():
     objective = make()
-    assert objectives.get_class("prefix_lm") is PrefixLM
+    assert objectives.get_class("prefix_lm", "encoder_decoder") is PrefixLM
     assert set(inspect.signature(PrefixLM).parameters) == set(KNOBS) | set(
         PrefixLM.ids_from_tokenizer)  # fmt: skip
     assert objective.architectures == ("encoder_decoder",) and objective.pack_mode == "first_fit"
@@ -108,3 +109,97 @@ def test_bad_configs_are_one_line_user_errors(overrides, message):
     with pytest.raises(UserError, match=re.escape(message)) as error:
         make(**overrides)
     assert "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------- decoder-only
+
+
+def make_decoder(**overrides):
+    knobs = dict(seq_len=8, split="random", prefix_fraction=0.5)
+    return DecoderPrefixLM(bos_id=BOS, eos_id=EOS, **{**knobs, **overrides})
+
+
+def test_decoder_random_split_hand_worked():
+    # seq_len 8 -> a chunk of 7 tokens; rng(1) draws start 2 ([22..28]) and a prefix of 4.
+    assert as_lists(make_decoder().preprocess(DOC, np.random.default_rng(1))) == {
+        "decoder_input_tokens": [BOS, 22, 23, 24, 25, 26, 27, 28],
+        "decoder_target_tokens": [22, 23, 24, 25, 26, 27, 28, EOS],
+        # Positions 0..4 read BOS, 22..25: the prefix, seen bidirectionally.
+        "decoder_prefix_mask": [1, 1, 1, 1, 1, 0, 0, 0],
+        # Position 4 reads 25 and predicts 26, the first token after the prefix.
+        "decoder_loss_weights": [0, 0, 0, 0, 1, 1, 1, 1],
+    }
+
+
+def test_decoder_fixed_split_and_short_documents():
+    # 5 tokens at 0.5 -> round(2.5) = 2 prefix tokens.
+    example = make_decoder(split="fixed").preprocess(np.arange(40, 45, dtype=np.int32),
+                                                     np.random.default_rng(0))  # fmt: skip
+    assert as_lists(example) == {
+        "decoder_input_tokens": [BOS, 40, 41, 42, 43, 44],
+        "decoder_target_tokens": [40, 41, 42, 43, 44, EOS],
+        "decoder_prefix_mask": [1, 1, 1, 0, 0, 0],
+        "decoder_loss_weights": [0, 0, 1, 1, 1, 1],
+    }
+    # One token: the prefix is BOS alone and everything is scored.
+    example = make_decoder().preprocess(np.array([40], np.int32), np.random.default_rng(0))
+    assert as_lists(example)["decoder_prefix_mask"] == [1, 0]
+    assert as_lists(example)["decoder_loss_weights"] == [1, 1]
+
+
+def test_decoder_examples_fit_and_split_uniformly():
+    objective = make_decoder(seq_len=16)
+    counts = np.zeros(16, int)
+    for seed in range(2000):
+        example = objective.preprocess(DOC, np.random.default_rng(seed))
+        assert all(len(values) == 13 for values in example.values())  # whole 12-token doc
+        prefix = example["decoder_prefix_mask"]
+        weights = example["decoder_loss_weights"]
+        split = int(prefix.sum()) - 1  # prefix tokens after BOS
+        assert prefix.tolist() == [1] * (split + 1) + [0] * (12 - split)
+        assert weights.tolist() == [0] * split + [1] * (13 - split)
+        counts[split] += 1
+    # Uniform over 1..11: each about 2000 / 11 = 182.
+    assert counts[0] == 0 and counts[12:].sum() == 0
+    assert counts[1:12].min() > 130 and counts[1:12].max() < 240
+
+
+def test_decoder_contract_registry_and_errors():
+    assert objectives.get_class("prefix_lm", "decoder_only") is DecoderPrefixLM
+    assert objectives.registry.architectures("prefix_lm") == ["encoder_decoder", "decoder_only"]
+    with pytest.raises(UserError, match="does not fit config.model.arch='encoder_only'"):
+        objectives.get_class("prefix_lm", "encoder_only")
+    assert make_decoder().pack_mode == "first_fit"
+    with pytest.raises(UserError, match=re.escape("config.objective.seq_len=1 must be >= 2")):
+        make_decoder(seq_len=1)
+    with pytest.raises(UserError, match="config.objective.split='half'"):
+        make_decoder(split="half")
+
+
+class NumbersTokenizer:
+    def encode(self, text):
+        return np.array([int(word) for word in text.split()], np.int32)
+
+
+def test_decoder_packed_rows_keep_prefix_masks_aligned():
+    rng = np.random.default_rng(0)
+    docs = [" ".join(map(str, rng.integers(200, 900, n))) for n in rng.integers(2, 12, 20)]
+    batches = list(make_dataset(docs, NumbersTokenizer(), make_decoder(seq_len=24), batch_size=2,
+                                seed=0, shuffle=False, num_epochs=1, shard_index=0,
+                                shard_count=1, pad_final_batch=False))  # fmt: skip
+    segments_seen = 0
+    for batch in batches:
+        for row in range(2):
+            segment_ids = batch["decoder_segment_ids"][row]
+            for segment in set(segment_ids.tolist()) - {0}:
+                at = segment_ids == segment
+                prefix = batch["decoder_prefix_mask"][row][at]
+                weights = batch["decoder_loss_weights"][row][at]
+                split = int(prefix.sum()) - 1
+                # One block of prefix, then the scored rest, overlapping at one position.
+                assert prefix.tolist() == [1] * (split + 1) + [0] * (len(prefix) - split - 1)
+                assert weights.tolist() == [0] * split + [1] * (len(prefix) - split)
+                assert batch["decoder_input_tokens"][row][at][0] == BOS
+                segments_seen += 1
+            assert batch["decoder_prefix_mask"][row][segment_ids == 0].sum() == 0
+    assert segments_seen == 20
