@@ -11,6 +11,8 @@ stack and reuses its bias in every block, which is exactly our one table per sta
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -233,3 +235,82 @@ def load_hf_t5(hf_dir: str, *, rng: jax.Array) -> tuple[dict[str, Any], dict[str
     if set(flat) != set(shapes):
         raise UserError(f"HF T5 import does not cover {', '.join(sorted(set(shapes) - set(flat)))}")
     return model_config, traverse_util.unflatten_dict(flat, sep="/")
+
+
+SENTINEL_PATTERN = re.compile(r"<extra_id_(\d+)>")
+
+
+class T5Tokenizer:
+    """T5's sentencepiece vocabulary (`spiece.model` in an HF T5 directory) behind the
+    interface of `tokenizer.Tokenizer`.
+
+    Ids are T5's: pad 0, EOS 1, UNK 2, the sentencepiece pieces, then `extra_ids`
+    sentinels counted down from the top (<extra_id_0> is the last id), as HF's
+    T5Tokenizer numbers them. T5 has no BOS: its decoder starts from pad, so `bos_id`
+    (the decoder start everywhere in t5x_lite) is 0. "<extra_id_N>" in text is the
+    sentinel, and text between sentinels is encoded on its own, as HF does.
+    """
+
+    def __init__(self, hf_dir: str, extra_ids: int = 100):
+        import sentencepiece as spm  # only importers of HF T5 need it here
+
+        path = os.path.join(hf_dir, "spiece.model")
+        if not os.path.isfile(path):
+            raise UserError(f"{path} does not exist; not an HF T5 tokenizer directory")
+        self._sp = spm.SentencePieceProcessor(model_file=path)
+        expected = {0: "<pad>", 1: "</s>", 2: "<unk>"}
+        found = {i: self._sp.id_to_piece(i) for i in expected}
+        if found != expected:
+            raise UserError(f"{path} has special pieces {found}; T5 needs {expected}")
+        self.num_pieces = self._sp.get_piece_size()
+        self.extra_ids = extra_ids
+
+    pad_id = property(lambda self: 0)
+    eos_id = property(lambda self: 1)
+    unk_id = property(lambda self: 2)
+    bos_id = property(lambda self: 0)  # the decoder start; see the class docstring
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_pieces + self.extra_ids
+
+    def sentinel_id(self, i: int) -> int:
+        if not 0 <= i < self.extra_ids:
+            raise ValueError(f"sentinel index {i} is outside [0, {self.extra_ids})")
+        return self.vocab_size - 1 - i
+
+    def encode(self, text: str) -> np.ndarray:
+        """Text -> token ids [num_tokens] int32, without EOS."""
+        ids: list[int] = []
+        parts = SENTINEL_PATTERN.split(text)  # text, index, text, index, ..., text
+        for i, part in enumerate(parts):
+            if i % 2:
+                ids.append(self.sentinel_id(int(part)))
+            elif part:
+                ids.extend(self._sp.encode(part))
+        return np.asarray(ids, dtype=np.int32)
+
+    def decode(self, ids) -> str:
+        """Ids -> text; pad and EOS vanish, sentinels print as "<extra_id_N>".
+
+        As in HF, a word after a sentinel keeps its leading space. Unknown pieces print
+        as sentencepiece's " ⁇ " (HF prints "<unk>").
+        """
+        flat = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
+        parts: list[str] = []
+        run: list[int] = []
+        for token in flat + [None]:  # None flushes the last run
+            if token is not None and token < self.num_pieces:
+                if token not in (self.pad_id, self.eos_id):
+                    run.append(token)
+                continue
+            if run:
+                text = self._sp.decode(run)
+                after_sentinel = bool(parts)
+                if after_sentinel and self._sp.id_to_piece(run[0]).startswith("\u2581"):
+                    text = " " + text
+                parts.append(text)
+                run = []
+            if token is not None:
+                parts.append(f"<extra_id_{self.vocab_size - 1 - token}>")
+        return "".join(parts)
