@@ -82,6 +82,49 @@ def causal_segment_mask(segment_ids: jax.Array) -> jax.Array:
     return causal_mask(segment_ids.shape[1]) & segment_mask(segment_ids, segment_ids)
 
 
+def causal_prefix_mask(
+    query_index: jax.Array, key_index: jax.Array, query_prefix: jax.Array, key_prefix: jax.Array
+) -> jax.Array:
+    """[batch, 1, q_length, kv_length] bool: key index <= query index, OR query and key both
+    in the prefix (prefix LM: bidirectional attention over the prefix).
+
+    query_index int [batch or 1, q_length] and key_index int [batch or 1, kv_length] are
+    row (or cache slot) indices; query_prefix [batch, q_length] and key_prefix [batch,
+    kv_length] are nonzero on prefix tokens. Segments are not checked here.
+    """
+    # [batch, q_length, kv_length]
+    causal = key_index[:, None, :] <= query_index[:, :, None]
+    both_prefix = (query_prefix[:, :, None] != 0) & (key_prefix[:, None, :] != 0)
+    return (causal | both_prefix)[:, None]
+
+
+def prefix_lm_segment_mask(segment_ids: jax.Array, prefix_mask: jax.Array) -> jax.Array:
+    """Prefix-LM self-attention mask [batch, 1, length, length] for packed rows.
+
+    segment_ids int [batch, length] (0 = padding); prefix_mask int [batch, length], 1 on
+    tokens of a prefix. allowed(q, k) = same segment AND (k <= q OR (prefix[q] AND
+    prefix[k])). With an all-zero prefix_mask this equals `causal_segment_mask`; every
+    query still sees itself, so no row is fully masked.
+    """
+    row_index = jnp.arange(segment_ids.shape[1])[None]  # [1, length]
+    causal_or_prefix = causal_prefix_mask(row_index, row_index, prefix_mask, prefix_mask)
+    return causal_or_prefix & segment_mask(segment_ids, segment_ids)
+
+
+def update_rows(buffer: jax.Array, chunk: jax.Array, index: jax.Array) -> jax.Array:
+    """Writes chunk[b] into buffer[b, index[b] : index[b] + length] for every row b.
+
+    buffer [batch, max_length, ...], chunk [batch, length, ...], index int32 [batch] ->
+    the updated buffer. The caller keeps index + length <= max_length (a write past the
+    end would be clamped onto earlier slots, as `lax.dynamic_update_slice` does).
+    """
+
+    def write(row: jax.Array, row_chunk: jax.Array, start: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_update_slice_in_dim(row, row_chunk.astype(row.dtype), start, 0)
+
+    return jax.vmap(write)(buffer, chunk, index)
+
+
 # ---------------------------------------------------------------------------- layers
 
 
@@ -227,6 +270,13 @@ class MultiHeadAttention(nn.Module):
     Projections go embed -> (heads, kv) and back, so num_heads * head_dim need not equal
     the model width. The scores are computed by `jax.nn.dot_product_attention`
     (layout [batch, length, heads, head_dim]), which picks a fused kernel where one exists.
+
+    With `decode=True` (causal self-attention only) keys and values are kept in the
+    'cache' collection: the first call (cache absent, full-length [batch, max_length]
+    inputs) only creates zero buffers [batch, max_length, heads, kv] and attends as
+    usual; every later call writes its chunk of keys/values ([batch, length, ...], a whole
+    prompt or one token) at the per-row `cache_index` and attends over the whole buffer
+    (the caller's mask hides slots not yet written).
     """
 
     num_heads: int
@@ -234,6 +284,7 @@ class MultiHeadAttention(nn.Module):
     use_bias: bool
     dtype: str
     attention_impl: str  # one of ATTENTION_IMPLS
+    decode: bool = False
 
     def _project_in(self, inputs: jax.Array, name: str) -> jax.Array:
         projection = DenseGeneral(
@@ -248,14 +299,37 @@ class MultiHeadAttention(nn.Module):
         # [batch, length, heads, kv]
         return nn.with_logical_constraint(projection(inputs), ("batch", "length", "heads", "kv"))
 
+    def _update_cache(self, key, value, cache_index):
+        """Writes this call's key/value [batch, length, heads, kv] at cache_index int32
+        [batch]; returns the cached keys and values [batch, max_length, heads, kv]."""
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        if not initialized:
+            return key, value
+        cached_key.value = update_rows(cached_key.value, key, cache_index)
+        cached_value.value = update_rows(cached_value.value, value, cache_index)
+        return cached_key.value, cached_value.value
+
     @nn.compact
-    def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_kv: jax.Array,
+        mask: jax.Array,
+        cache_index: jax.Array | None = None,
+    ) -> jax.Array:
         """inputs_q [batch, q_length, embed], inputs_kv [batch, kv_length, embed],
         mask bool [batch, 1, q_length, kv_length] (True = attend) -> [batch, q_length, embed].
+
+        When decoding, kv_length in the mask is the cache's max_length and cache_index int32
+        [batch] is where each row's chunk is written (read only when decoding).
         """
         query = self._project_in(inputs_q, "query")  # [batch, q_length, heads, kv]
         key = self._project_in(inputs_kv, "key")  # [batch, kv_length, heads, kv]
         value = self._project_in(inputs_kv, "value")  # [batch, kv_length, heads, kv]
+        if self.decode:
+            key, value = self._update_cache(key, value, cache_index)
         attended = attention_core(query, key, value, mask, self.attention_impl)
         # [batch, q_length, heads, kv]
         attended = nn.with_logical_constraint(attended, ("batch", "length", "heads", "kv"))

@@ -55,8 +55,9 @@ class TransformerBlock(nn.Module):
 
     The norms are named `<layer_norm>_attention_norm` and `<layer_norm>_mlp_norm`, so a
     checkpoint of one placement cannot be loaded silently into the other.
-    `deterministic` is a field rather than a call argument so that `nn.scan` and
-    `nn.remat` see only array inputs.
+    `deterministic` and `decode` are fields rather than call arguments so that `nn.scan`
+    and `nn.remat` see only array inputs. `decode=True` caches the self-attention's keys
+    and values (causal decoders only; see `layers.MultiHeadAttention`).
     """
 
     num_heads: int
@@ -69,6 +70,7 @@ class TransformerBlock(nn.Module):
     dtype: str
     attention_impl: str
     deterministic: bool
+    decode: bool = False
 
     def _residual(self, x: jax.Array, sublayer, name: str) -> jax.Array:
         """x [batch, length, embed] -> x with `sublayer` added as a residual branch."""
@@ -81,10 +83,14 @@ class TransformerBlock(nn.Module):
         return norm(x + dropout(sublayer(x), deterministic=self.deterministic))
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, None]:
-        """x [batch, length, embed], mask bool [batch, 1, length, length] -> (x, None).
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, cache_index: jax.Array | None = None
+    ) -> tuple[jax.Array, None]:
+        """x [batch, length, embed], mask bool [batch, 1, length, kv_length] -> (x, None).
 
-        The (carry, output) return is the `nn.scan` body contract.
+        kv_length is `length`, or the cache's max_length when decoding, where cache_index
+        int32 [batch] is the slot each row's chunk is written at. The (carry, output)
+        return is the `nn.scan` body contract.
         """
         attention = layers.MultiHeadAttention(
             num_heads=self.num_heads,
@@ -92,9 +98,12 @@ class TransformerBlock(nn.Module):
             use_bias=True,
             dtype=self.dtype,
             attention_impl=self.attention_impl,
+            decode=self.decode,
             name="attention",
         )
-        x = self._residual(x, lambda normed: attention(normed, normed, mask), "attention")
+        x = self._residual(
+            x, lambda normed: attention(normed, normed, mask, cache_index), "attention"
+        )
         mlp = layers.GeluMlp(
             d_ff=self.d_ff,
             use_bias=True,
@@ -128,7 +137,7 @@ def scanned_stack(
         block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
     scanned_cls = nn.scan(
         block_cls,
-        # The decoding cache (EncoderDecoder) is per layer, like the params.
+        # The decoding cache (DecoderOnly, EncoderDecoder) is per layer, like the params.
         variable_axes={"params": 0, "cache": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * num_broadcast_inputs,

@@ -1,4 +1,5 @@
-"""DecoderOnly: shapes, init scale, logical names, masking, remat, dtype, dropout."""
+"""DecoderOnly: shapes, init scale, logical names, masking (causal, packed, prefix LM),
+remat, dtype, dropout, and cached decoding against the full forward pass."""
 
 import functools
 import math
@@ -13,7 +14,7 @@ import pytest
 
 from t5x_lite.errors import UserError
 from t5x_lite.models import ARCHITECTURES, build_model
-from t5x_lite.models.decoder_only import DecoderOnly
+from t5x_lite.models.decoder_only import DecoderOnly, init_decode_cache
 from tests.models.helpers import LOGICAL_NAMES, fast_jit
 
 BATCH, LENGTH, VOCAB = 2, 16, 128
@@ -204,6 +205,120 @@ def test_packed_documents_do_not_attend_across_segments(impl):
     # ... and matches the same document run alone from the start of a row.
     np.testing.assert_allclose(logits[0, 4:7], logits[1, :3], rtol=0, atol=1e-5)
     assert bool(jnp.all(jnp.isfinite(logits)))  # padding queries are never all-masked
+
+
+PREFIX_LENGTH = 5
+
+
+def with_prefix(batch: dict[str, jax.Array], prefix_length: int) -> dict[str, jax.Array]:
+    prefix = (jnp.arange(LENGTH) < prefix_length).astype(jnp.int32)
+    return dict(batch, decoder_prefix_mask=jnp.tile(prefix, (BATCH, 1)))
+
+
+@IMPLS
+def test_prefix_lm_prefix_is_bidirectional_and_targets_stay_causal(impl):
+    variables = variables_for(tie_embeddings=True)
+    _, forward = forward_for(attention_impl=impl)
+    batch = with_prefix(unpacked_batch(2), PREFIX_LENGTH)
+    logits = forward(variables, batch)["logits"]
+
+    def perturbed_logits(t):
+        tokens = batch["decoder_input_tokens"].at[:, t].add(1) % VOCAB
+        return forward(variables, dict(batch, decoder_input_tokens=tokens))["logits"]
+
+    # A later prefix token (3) changes the logits at an earlier prefix position (1) ...
+    later_prefix = perturbed_logits(3)
+    assert float(jnp.min(jnp.max(jnp.abs(logits[:, 1] - later_prefix[:, 1]), -1))) > 1e-4
+    # ... and the whole prefix, but not a target position's logits before a later token.
+    t = 8
+    later_target = perturbed_logits(t)
+    np.testing.assert_array_equal(logits[:, :t], later_target[:, :t])
+    assert float(jnp.min(jnp.max(jnp.abs(logits[:, t] - later_target[:, t]), -1))) > 1e-4
+
+
+@IMPLS
+def test_all_zero_prefix_mask_is_exactly_the_causal_model(impl):
+    variables = variables_for(tie_embeddings=True)
+    _, forward = forward_for(attention_impl=impl)
+    batch = unpacked_batch(3)
+    causal = forward(variables, batch)["logits"]
+    zero_prefix = forward(variables, with_prefix(batch, 0))["logits"]
+    np.testing.assert_array_equal(zero_prefix, causal)
+
+
+def test_init_decode_cache_is_zero_buffers_per_layer():
+    model = build_model(tiny_config())
+    cache = init_decode_cache(model, variables_for(True)["params"], batch_size=3, max_length=10)
+    attention = cache["layers"]["attention"]
+    assert attention["cached_key"].shape == (
+        2,
+        3,
+        10,
+        4,
+        8,
+    )  # [layers, batch, max_length, heads, kv]
+    assert attention["cached_value"].shape == (2, 3, 10, 4, 8)
+    assert cache["index"].shape == (3,) and cache["index"].dtype == jnp.int32
+    assert cache["prefix_mask"].shape == (3, 10)
+    assert all(not jnp.any(leaf) for leaf in jax.tree.leaves(cache))
+    with pytest.raises(ValueError, match="max_len 16"):
+        init_decode_cache(model, variables_for(True)["params"], batch_size=1, max_length=17)
+
+
+@functools.cache
+def decode_step_for(impl: str):
+    model = build_model(tiny_config(attention_impl=impl))
+
+    def step(variables, cache, batch):
+        outputs, mutated = model.apply(
+            {**variables, "cache": cache},
+            batch,
+            deterministic=True,
+            decode=True,
+            mutable=["cache"],
+        )
+        return outputs["logits"], mutated["cache"]
+
+    return model, fast_jit(step)
+
+
+@IMPLS
+@pytest.mark.parametrize("prefix_lm", [False, True], ids=["causal", "prefix_lm"])
+def test_prefill_then_one_token_per_call_matches_full_forward(impl, prefix_lm):
+    """Two prompts of different lengths (5 and 3, right-padded) are prefilled in one call,
+    then each row is fed its next tokens one per call at its own cache index."""
+    variables = variables_for(tie_embeddings=True)
+    model, step = decode_step_for(impl)
+    batch = unpacked_batch(6)
+    tokens = batch["decoder_input_tokens"]
+    prompt_lengths = np.array([5, 3])
+    prompt_mask = (np.arange(LENGTH)[None] < prompt_lengths[:, None]).astype(np.int32)
+    if prefix_lm:  # the prompt is the bidirectional prefix
+        batch = dict(batch, decoder_prefix_mask=jnp.asarray(prompt_mask))
+    expected = forward_for(attention_impl=impl)[1](variables, batch)["logits"]
+
+    cache = init_decode_cache(model, variables["params"], BATCH, LENGTH)
+    prefill = {
+        "decoder_input_tokens": tokens[:, :5] * prompt_mask[:, :5],
+        "decoder_segment_ids": jnp.asarray(prompt_mask[:, :5]),
+    }
+    if prefix_lm:
+        prefill["decoder_prefix_mask"] = jnp.asarray(prompt_mask[:, :5])
+    logits, cache = step(variables, cache, prefill)
+    for row, length in enumerate(prompt_lengths):
+        np.testing.assert_allclose(logits[row, :length], expected[row, :length], atol=1e-5)
+
+    positions = prompt_lengths.copy()  # each row's next position
+    while positions.max() < LENGTH:
+        one_token = {
+            "decoder_input_tokens": tokens[np.arange(BATCH), positions][:, None],
+            "decoder_segment_ids": jnp.ones((BATCH, 1), jnp.int32),
+        }
+        logits, cache = step(variables, cache, one_token)
+        for row, position in enumerate(positions):
+            np.testing.assert_allclose(logits[row, 0], expected[row, position], atol=1e-5)
+        positions += 1
+    np.testing.assert_array_equal(cache["index"], positions)
 
 
 def test_attention_impls_agree():

@@ -31,6 +31,48 @@ def test_causal_segment_mask_packed_row_by_hand():
     np.testing.assert_array_equal(mask[0, 0], expected)
 
 
+def test_prefix_lm_segment_mask_packed_row_by_hand():
+    # [doc 1: prefix, prefix, target | doc 2: prefix, prefix, target | pad]
+    segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 0]], jnp.int32)
+    prefix_mask = jnp.array([[1, 1, 0, 1, 1, 0, 0]], jnp.int32)
+    mask = layers.prefix_lm_segment_mask(segment_ids, prefix_mask)
+    expected = np.array(
+        [
+            [1, 1, 0, 0, 0, 0, 0],  # prefix sees the later prefix token of its doc ...
+            [1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0],  # ... targets stay causal
+            [0, 0, 0, 1, 1, 0, 0],  # doc 2's prefix never sees doc 1's prefix
+            [0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 0, 1, 1, 1, 0],
+            [0, 0, 0, 0, 0, 0, 1],
+        ],
+        bool,
+    )
+    assert mask.shape == (1, 1, 7, 7)
+    assert mask.dtype == jnp.bool_
+    np.testing.assert_array_equal(mask[0, 0], expected)
+    no_prefix = layers.prefix_lm_segment_mask(segment_ids, jnp.zeros_like(prefix_mask))
+    np.testing.assert_array_equal(no_prefix, layers.causal_segment_mask(segment_ids))
+
+
+def test_causal_prefix_mask_over_cache_slots():
+    # One query at slot 2 of row 0 and a 2-token prefix query chunk at slots 0-1 of row 1,
+    # against 4 cache slots; row 1's prefix covers slots 0-1.
+    query_index = jnp.array([[2, 2], [0, 1]], jnp.int32)
+    query_prefix = jnp.array([[0, 0], [1, 1]], jnp.int32)
+    key_prefix = jnp.array([[0, 0, 0, 0], [1, 1, 0, 0]], jnp.int32)
+    mask = layers.causal_prefix_mask(query_index, jnp.arange(4)[None], query_prefix, key_prefix)
+    np.testing.assert_array_equal(mask[0, 0], [[1, 1, 1, 0], [1, 1, 1, 0]])
+    np.testing.assert_array_equal(mask[1, 0], [[1, 1, 0, 0], [1, 1, 0, 0]])
+
+
+def test_update_rows_writes_each_row_at_its_own_index():
+    buffer = jnp.zeros((2, 5), jnp.int32)
+    chunk = jnp.array([[7, 8], [9, 10]], jnp.int32)
+    updated = layers.update_rows(buffer, chunk, jnp.array([0, 3], jnp.int32))
+    np.testing.assert_array_equal(updated, [[7, 8, 0, 0, 0], [0, 0, 0, 9, 10]])
+
+
 def test_every_query_sees_a_key_even_in_an_all_padding_row():
     segment_ids = jnp.array([[0, 0, 0], [1, 0, 0]], jnp.int32)
     mask = layers.causal_segment_mask(segment_ids)
