@@ -12,7 +12,11 @@ causal within a segment, cross-attention where decoder segment == encoder segmen
 (packing gives an example's inputs and targets the same id). Segment 0 is padding.
 
 Incremental decoding (`decode(..., decode=True)`) is for unpacked rows whose target
-starts at position 0; see `init_decode_cache` for the calling sequence.
+starts at position 0; see `init_decode_cache` for the calling sequence. The cache holds
+each decoder layer's self-attention keys/values, the cross-attention keys/values of the
+encoder output (projected once, when the cache is created) and the encoder padding mask,
+so decoding steps after the first read neither `encoded` nor `encoder_segment_ids`.
+`repeat_cache` / `gather_cache` expand a cache per beam and reorder it by beam.
 """
 
 from __future__ import annotations
@@ -45,13 +49,13 @@ class EncoderBlock(nn.Module):
         branch = nn.Dropout(self.dropout_rate)(sublayer(normed), deterministic=self.deterministic)
         return x + branch
 
-    def _attention(self, name: str, decode: bool) -> t5_layers.T5Attention:
+    def _attention(self, name: str, cache_kind: str) -> t5_layers.T5Attention:
         return t5_layers.T5Attention(
             num_heads=self.num_heads,
             head_dim=self.head_dim,
             dtype=self.dtype,
             attention_impl=self.attention_impl,
-            decode=decode,
+            cache_kind=cache_kind,
             name=name,
         )
 
@@ -67,7 +71,7 @@ class EncoderBlock(nn.Module):
     def __call__(self, x, mask, bias) -> tuple[jax.Array, None]:
         """x [batch, length, embed], mask bool [batch, 1, length, length], bias float32
         [batch, heads, length, length] -> (x, None), the `nn.scan` body contract."""
-        attention = self._attention("attention", decode=False)
+        attention = self._attention("attention", "none")
         no_index = jnp.zeros((), jnp.int32)
         x = self._residual(
             x, lambda normed: attention(normed, normed, mask, bias, no_index), "attention"
@@ -76,7 +80,8 @@ class EncoderBlock(nn.Module):
 
 
 class DecoderBlock(EncoderBlock):
-    """Causal self-attention (cached when `decode`), cross-attention, MLP; all pre-norm."""
+    """Causal self-attention, cross-attention (both cached when `decode`), MLP; all
+    pre-norm."""
 
     decode: bool
 
@@ -84,13 +89,13 @@ class DecoderBlock(EncoderBlock):
     def __call__(self, x, mask, bias, encoded, cross_mask, cache_index):
         """x [batch, length, embed]; mask [batch, 1, length, max_length] and bias
         [batch or 1, heads, length, max_length] for self-attention; encoded [batch,
-        encoded_length, embed], cross_mask [batch, 1, length, encoded_length];
-        cache_index int32 [] -> (x, None)."""
-        attention = self._attention("attention", decode=self.decode)
+        encoded_length, embed] (None on decoding steps after the cache-creating one),
+        cross_mask [batch, 1, length, encoded_length]; cache_index int32 [] -> (x, None)."""
+        attention = self._attention("attention", "self" if self.decode else "none")
         x = self._residual(
             x, lambda normed: attention(normed, normed, mask, bias, cache_index), "attention"
         )
-        cross = self._attention("cross_attention", decode=False)
+        cross = self._attention("cross_attention", "cross" if self.decode else "none")
         # Cross-attention has no position bias in T5.
         zero_bias = jnp.zeros((1, self.num_heads, 1, 1), jnp.float32)
         x = self._residual(
@@ -164,7 +169,8 @@ class Decoder(nn.Module):
     def _decode_masks(self, batch, decoder_length: int):
         """Incremental decoding of unpacked rows. The first call (no cache yet) sees the
         full-length target and creates the cache; later calls see one token at the cache
-        index. Encoder padding (segment 0) is hidden from every decoder token."""
+        index. Encoder padding (segment 0) is hidden from every decoder token; the
+        first call stores that mask, so later calls need no encoder_segment_ids."""
         initialized = self.has_variable("cache", "index")
         index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
         max_length = self.variable(
@@ -180,8 +186,10 @@ class Decoder(nn.Module):
         # [1, 1, q_length, max_length]
         mask = (key_positions[:, None, :] <= query_positions[:, :, None])[:, None]
         bias = _relpos(self.config, bidirectional=False)(query_positions, key_positions)
-        cross_mask = (batch["encoder_segment_ids"] != 0)[:, None, None, :]
-        return mask, bias, cross_mask, cache_index
+        encoder_mask = self.variable(
+            "cache", "encoder_mask", lambda: batch["encoder_segment_ids"] != 0
+        ).value  # bool [batch, encoder_length]
+        return mask, bias, encoder_mask[:, None, None, :], cache_index
 
     def _output_logits(self, x: jax.Array) -> jax.Array:
         """x [batch, length, embed] -> float32 logits [batch, length, vocab]."""
@@ -278,9 +286,9 @@ class EncoderDecoder(nn.Module):
         """encoded [batch, encoder_length, embed] -> float32 logits [batch, length, vocab].
 
         decode=False reads decoder_input_tokens / decoder_segment_ids / decoder_positions
-        and encoder_segment_ids. decode=True (mutable 'cache') reads decoder_input_tokens
-        ([batch, max_length] on the cache-creating call, then [batch, 1]) and
-        encoder_segment_ids only.
+        and encoder_segment_ids. decode=True (mutable 'cache'): the cache-creating call
+        reads `encoded`, decoder_input_tokens [batch, max_length] and encoder_segment_ids;
+        every later call reads only decoder_input_tokens [batch, 1] (pass encoded=None).
         """
         return self.decoder(encoded, batch, deterministic=deterministic, decode=decode)
 
@@ -299,12 +307,13 @@ def init_decode_cache(
     encoder_segment_ids: jax.Array,
     max_length: int,
 ) -> Any:
-    """The empty 'cache' collection for decoding up to `max_length` target tokens.
+    """The 'cache' collection for decoding up to `max_length` target tokens: empty
+    self-attention buffers, plus the encoder output's cross-attention keys/values and
+    padding mask, computed here once.
 
     Then, per step t = 0, 1, ...:
-      logits, mutated = model.apply({'params': params, 'cache': cache}, encoded,
-          {'decoder_input_tokens': tokens_t [batch, 1],
-           'encoder_segment_ids': encoder_segment_ids},
+      logits, mutated = model.apply({'params': params, 'cache': cache}, None,
+          {'decoder_input_tokens': tokens_t [batch, 1]},
           deterministic=True, decode=True, method='decode', mutable=['cache'])
       cache = mutated['cache']   # logits [batch, 1, vocab] for position t
     """
@@ -322,3 +331,39 @@ def init_decode_cache(
         mutable=["cache"],
     )
     return mutated["cache"]
+
+
+def cache_batch_axis(path: tuple, leaf: jax.Array) -> int | None:
+    """Which axis of a cache entry is the batch, or None for entries shared by all rows.
+
+    Decided by rank and scope: rank 0 and 1 entries are not per row (the scalar step
+    'index' and the [max_length] 'key_positions'); entries under a scanned 'layers' scope
+    carry the layer axis first ([layers, batch, length, heads, kv]), so batch is axis 1;
+    the rest ('encoder_mask' [batch, encoder_length]) are batch-major.
+    """
+    if leaf.ndim <= 1:
+        return None
+    in_layers = any(getattr(entry, "key", None) == "layers" for entry in path)
+    return 1 if in_layers else 0
+
+
+def _map_batched(fn, cache: Any) -> Any:
+    """fn(leaf, batch_axis) on every per-row cache entry; shared entries unchanged."""
+
+    def apply(path, leaf):
+        axis = cache_batch_axis(path, leaf)
+        return leaf if axis is None else fn(leaf, axis)
+
+    return jax.tree_util.tree_map_with_path(apply, cache)
+
+
+def repeat_cache(cache: Any, times: int) -> Any:
+    """Each row repeated `times` times in place (row b -> rows b*times ... b*times+times-1),
+    as jnp.repeat does: the layout beam search uses for [batch * beams]."""
+    return _map_batched(lambda leaf, axis: jnp.repeat(leaf, times, axis=axis), cache)
+
+
+def gather_cache(cache: Any, indices: jax.Array) -> Any:
+    """Row i of the result is row indices[i] of `cache` (int32 [new_batch]); beam search
+    reorders its flat [batch * beams] cache with it after picking each step's beams."""
+    return _map_batched(lambda leaf, axis: jnp.take(leaf, indices, axis=axis), cache)

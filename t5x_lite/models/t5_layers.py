@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from t5x_lite.models import layers
 
 MLP_KINDS = ("relu", "gated_gelu")  # T5 1.0 | T5 1.1
+CACHE_KINDS = ("none", "self", "cross")  # see T5Attention
 
 
 def scaled_fan_in_init(num_in_axes: int, scale: float) -> layers.Initializer:
@@ -131,18 +132,23 @@ def biased_attention_core(query, key, value, mask, bias, impl: str) -> jax.Array
 class T5Attention(nn.Module):
     """Bias-free multi-head attention taking an additive logit bias.
 
-    With `decode=True` (decoder self-attention only) keys and values are kept in the
-    'cache' collection: the first call (cache absent, full-length inputs) only creates
-    zero buffers [batch, max_length, heads, kv] and attends as usual; every later call
-    takes one query token, writes its key/value at `cache_index` and attends over the
-    whole buffer (the caller's mask hides slots after cache_index).
+    `cache_kind` says what incremental decoding keeps in the 'cache' collection:
+      "none":  nothing (encoder, training, scoring).
+      "self":  decoder self-attention. The first call (cache absent, full-length inputs)
+               creates zero buffers [batch, max_length, heads, kv] and attends as usual;
+               every later call takes one query token, writes its key/value at
+               `cache_index` and attends over the whole buffer (the caller's mask hides
+               slots after cache_index).
+      "cross": cross-attention. The first call projects `inputs_kv` (the encoder output)
+               and stores the keys/values [batch, kv_length, heads, kv]; later calls
+               reuse them and never read `inputs_kv` (it may be None).
     """
 
     num_heads: int
     head_dim: int
     dtype: str
     attention_impl: str  # one of layers.ATTENTION_IMPLS
-    decode: bool
+    cache_kind: str  # one of CACHE_KINDS
 
     def _project_in(self, inputs: jax.Array, name: str, init: layers.Initializer) -> jax.Array:
         projection = layers.DenseGeneral(
@@ -157,7 +163,7 @@ class T5Attention(nn.Module):
         # [batch, length, heads, kv]
         return nn.with_logical_constraint(projection(inputs), ("batch", "length", "heads", "kv"))
 
-    def _update_cache(self, key, value, cache_index):
+    def _update_self_cache(self, key, value, cache_index):
         """Writes this step's key/value [batch, 1, heads, kv] into the cache; returns the
         full cached keys and values [batch, max_length, heads, kv]."""
         initialized = self.has_variable("cache", "cached_key")
@@ -170,18 +176,34 @@ class T5Attention(nn.Module):
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
         return cached_key.value, cached_value.value
 
+    def _cross_keys_values(self, inputs_kv):
+        """Keys and values [batch, kv_length, heads, kv] of the encoder output: projected
+        and stored by the cache-creating call, read back by every later one."""
+        if self.has_variable("cache", "cached_key"):
+            return self.get_variable("cache", "cached_key"), self.get_variable(
+                "cache", "cached_value"
+            )
+        key = self._project_in(inputs_kv, "key", layers.fan_in_init(1))
+        value = self._project_in(inputs_kv, "value", layers.fan_in_init(1))
+        self.put_variable("cache", "cached_key", key)
+        self.put_variable("cache", "cached_value", value)
+        return key, value
+
     @nn.compact
     def __call__(self, inputs_q, inputs_kv, mask, bias, cache_index) -> jax.Array:
         """inputs_q [batch, q_length, embed], inputs_kv [batch, kv_length, embed], mask bool
         [batch, 1, q_length, kv_length], bias [batch or 1, heads, q_length, kv_length],
-        cache_index int32 [] (read only when decoding) -> [batch, q_length, embed]."""
+        cache_index int32 [] (read only by a "self" cache) -> [batch, q_length, embed]."""
         d_model = inputs_q.shape[-1]
         query_init = scaled_fan_in_init(1, 1.0 / self.head_dim)  # replaces 1/sqrt(d) scaling
         query = self._project_in(inputs_q, "query", query_init)
-        key = self._project_in(inputs_kv, "key", layers.fan_in_init(1))
-        value = self._project_in(inputs_kv, "value", layers.fan_in_init(1))
-        if self.decode:
-            key, value = self._update_cache(key, value, cache_index)
+        if self.cache_kind == "cross":
+            key, value = self._cross_keys_values(inputs_kv)
+        else:
+            key = self._project_in(inputs_kv, "key", layers.fan_in_init(1))
+            value = self._project_in(inputs_kv, "value", layers.fan_in_init(1))
+        if self.cache_kind == "self":
+            key, value = self._update_self_cache(key, value, cache_index)
         attended = biased_attention_core(query, key, value, mask, bias, self.attention_impl)
         attended = nn.with_logical_constraint(attended, ("batch", "length", "heads", "kv"))
         out = layers.DenseGeneral(

@@ -11,7 +11,12 @@ import pytest
 
 from t5x_lite.errors import UserError
 from t5x_lite.models import ARCHITECTURES, build_model
-from t5x_lite.models.encoder_decoder import EncoderDecoder, init_decode_cache
+from t5x_lite.models.encoder_decoder import (
+    EncoderDecoder,
+    gather_cache,
+    init_decode_cache,
+    repeat_cache,
+)
 from tests.models.helpers import fast_jit
 
 BATCH, ENCODER_LENGTH, DECODER_LENGTH, VOCAB = 2, 9, 6, 128
@@ -175,6 +180,21 @@ def test_packed_segments_are_isolated_and_dropout_is_active():
     assert np.all(np.isfinite(dropped_out)) and not np.allclose(dropped_out, logits)
 
 
+def _decode_step(model, params, cache, tokens):
+    """tokens [batch] -> (cache, logits [batch, vocab]). After the cache-creating call the
+    model reads neither the encoder output (None here) nor encoder_segment_ids."""
+    logits, mutated = model.apply(
+        {"params": params, "cache": cache},
+        None,
+        {"decoder_input_tokens": tokens[:, None]},
+        deterministic=True,
+        decode=True,
+        method="decode",
+        mutable=["cache"],
+    )
+    return mutated["cache"], logits[:, 0]
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -184,27 +204,12 @@ def test_packed_segments_are_isolated_and_dropout_is_active():
     ids=["t5_1_0", "t5_1_1_einsum"],
 )
 def test_cached_decoding_matches_full_forward(overrides):
-    """Token-by-token decoding with the KV cache (steps under lax.scan, all in one
-    compile) reproduces the teacher-forced logits; row 1's encoder input is padded."""
+    """Token-by-token decoding with the self- and cross-attention caches (steps under
+    lax.scan, all in one compile) reproduces the teacher-forced logits; row 1's encoder
+    input is padded. Steps get no encoder output, so the cross-attention keys/values
+    and the encoder mask can only come from the cache."""
     model = build_model(tiny_config(**overrides))
     batch = row_batch(*UNPACKED, seed=2)
-
-    def step(params, encoded, cache, tokens):
-        """tokens [batch] -> (cache, logits [batch, vocab])."""
-        step_batch = {
-            "decoder_input_tokens": tokens[:, None],
-            "encoder_segment_ids": batch["encoder_segment_ids"],
-        }
-        logits, mutated = model.apply(
-            {"params": params, "cache": cache},
-            encoded,
-            step_batch,
-            deterministic=True,
-            decode=True,
-            method="decode",
-            mutable=["cache"],
-        )
-        return mutated["cache"], logits[:, 0]
 
     @fast_jit
     def run(params):
@@ -213,11 +218,49 @@ def test_cached_decoding_matches_full_forward(overrides):
         cache = init_decode_cache(
             model, params, encoded, batch["encoder_segment_ids"], DECODER_LENGTH
         )
-        cache, stepped = jax.lax.scan(
-            functools.partial(step, params, encoded), cache, batch["decoder_input_tokens"].T
+        cross_key = cache["decoder"]["layers"]["cross_attention"]["cached_key"]
+        final, stepped = jax.lax.scan(
+            functools.partial(_decode_step, model, params),
+            cache,
+            batch["decoder_input_tokens"].T,
         )
-        return full, jnp.swapaxes(stepped, 0, 1), cache["decoder"]["index"]
+        return full, jnp.swapaxes(stepped, 0, 1), final["decoder"]["index"], cross_key
 
-    full, stepped, index = run(random_params(model))
+    full, stepped, index, cross_key = run(random_params(model))
     np.testing.assert_allclose(np.asarray(stepped), np.asarray(full), rtol=0, atol=1e-5)
     assert int(index) == DECODER_LENGTH
+    # [layers, batch, encoder_length, heads, kv], projected once at cache creation.
+    assert cross_key.shape == (2, BATCH, ENCODER_LENGTH, 4, 8)
+
+
+def test_repeat_and_gather_cache_follow_rows():
+    """A cache repeated per beam decodes every copy like its source row, and a gathered
+    cache decodes like the rows it was gathered from (the shared 'index' stays scalar)."""
+    model = build_model(tiny_config())
+    batch = row_batch(*UNPACKED, seed=3)
+    beams, order = 3, jnp.array([5, 0, 3, 3, 1, 2], jnp.int32)
+    tokens = batch["decoder_input_tokens"][:, :2]  # [batch, 2]
+
+    @fast_jit
+    def run(params):
+        encoded = model.apply({"params": params}, batch, deterministic=True, method="encode")
+        cache = init_decode_cache(
+            model, params, encoded, batch["encoder_segment_ids"], DECODER_LENGTH
+        )
+        cache, _ = _decode_step(model, params, cache, tokens[:, 0])
+        _, logits = _decode_step(model, params, cache, tokens[:, 1])
+        repeated = repeat_cache(cache, beams)
+        _, repeated_logits = _decode_step(model, params, repeated, jnp.repeat(tokens[:, 1], beams))
+        gathered = gather_cache(repeated, order)
+        _, gathered_logits = _decode_step(
+            model, params, gathered, jnp.repeat(tokens[:, 1], beams)[order]
+        )
+        return logits, repeated_logits, gathered_logits, gathered["decoder"]["index"]
+
+    logits, repeated_logits, gathered_logits, index = run(random_params(model))
+    expected = np.repeat(np.asarray(logits), beams, axis=0)
+    np.testing.assert_allclose(np.asarray(repeated_logits), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(gathered_logits), expected[np.asarray(order)], rtol=0, atol=1e-5
+    )
+    assert index.shape == () and int(index) == 1
