@@ -128,14 +128,18 @@ def base_config() -> ml_collections.ConfigDict:
         progress_bar=True,
     )
 
-    # Decoder-only runs print a sample at the end; other architectures ignore this.
+    # Decoder-only and encoder-decoder runs print a sample at the end (not encoders).
     config.sample = dict(
         prompt="The ",
-        max_new_tokens=80,
+        max_new_tokens=80,  # 0 = no sample
+        # Decoder-only: sampling with a truncated distribution.
         temperature=0.8,  # 0 = greedy
         top_k=0,  # keep only the k most likely tokens; 0 = off
         top_p=1.0,  # nucleus: smallest set with probability >= top_p; 1.0 = off
         seed=0,
+        # Encoder-decoder: the prompt is the encoder input, decoded by search.
+        beam_size=1,  # 1 = greedy
+        length_penalty_alpha=0.6,  # beam scores: log p / ((5 + length) / 6) ** alpha
     )
     return config
 
@@ -329,6 +333,7 @@ def t5_sections(config) -> None:
         **_model_common(config),
     )
     config.loss.z_loss = 1e-4  # T5X's default
+    config.sample.update(prompt="The <extra_id_0> of the <extra_id_1> .", max_new_tokens=32)
     config.optimizer.update(
         name="adafactor",
         schedule="rsqrt",

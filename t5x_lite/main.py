@@ -55,11 +55,12 @@ def cmd_train(args, extra) -> None:
 
 def _print_sample(result) -> None:
     config = result.run.config
-    if config.model.arch != "decoder_only" or config.sample.max_new_tokens <= 0:
+    if config.model.arch == "encoder_only" or config.sample.max_new_tokens <= 0:
         return
-    from t5x_lite.downstream import sampling
+    from t5x_lite.downstream import sampling, search
 
-    text, how = sampling.sample_from_config(result.run, result.state.params)
+    module = sampling if config.model.arch == "decoder_only" else search
+    text, how = module.sample_from_config(result.run, result.state.params)
     print(f"\n--- sample ({how}) ---\n{text}\n---")
 
 

@@ -334,3 +334,24 @@ def generate_text(
         eos = np.flatnonzero(row == tokenizer.eos_id)
         texts_out.append(tokenizer.decode(row[: eos[0]] if eos.size else row))
     return texts_out
+
+
+def sample_from_config(run, params) -> tuple[str, str]:
+    """(text, how it was decoded) for `config.sample` from a trained encoder-decoder run:
+    the prompt (sentinels allowed, e.g. "The <extra_id_0> of the play .") goes through
+    the encoder; the decoder's output, up to max_new_tokens, is shown after "->"."""
+    cfg = run.config.sample
+    output = generate_text(
+        run.model,
+        params,
+        run.tokenizer,
+        [cfg.prompt],
+        inputs_length=run.config.objective.inputs_length,
+        max_length=cfg.max_new_tokens,
+        beam_size=cfg.beam_size,
+        length_penalty_alpha=cfg.length_penalty_alpha,
+    )[0]
+    how = "greedy"
+    if cfg.beam_size > 1:
+        how = f"beam search, {cfg.beam_size} beams, length penalty {cfg.length_penalty_alpha}"
+    return f"{cfg.prompt} -> {output}", how

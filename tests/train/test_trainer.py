@@ -9,6 +9,7 @@ import pytest
 
 from t5x_lite import config as config_lib
 from t5x_lite.data import inputs
+from t5x_lite.downstream import search
 from t5x_lite.errors import UserError
 from t5x_lite.train import trainer
 
@@ -155,6 +156,33 @@ T5_SMALL = {
 def test_smoke_train_encoder_decoder(tmp_path, corpus):
     overrides = {**T5_SMALL, "train.num_steps": 3, "train.checkpoint_every": 0}
     result = trainer.train(t5_config(corpus, "t5_tiny", **overrides), str(tmp_path / "run"))
+    (*_, last) = _rows(result.history, "train/lm/loss")
+    assert np.isfinite(last["train/lm/loss"]) and last["train/lm/tokens"] > 0
+    # The end-of-run sample: the prompt through the encoder, greedy or beam decoded.
+    prompt = result.run.config.sample.prompt
+    assert "<extra_id_0>" in prompt
+    text, how = search.sample_from_config(result.run, result.state.params)
+    assert text.startswith(f"{prompt} -> ") and how == "greedy"
+    result.run.config.sample.beam_size = 3
+    text, how = search.sample_from_config(result.run, result.state.params)
+    assert text.startswith(f"{prompt} -> ") and how == "beam search, 3 beams, length penalty 0.6"
+
+
+def test_smoke_train_decoder_prefix_lm(tmp_path, corpus):
+    """gpt_tiny_prefix_lm: rows carry the prefix mask and the loss covers only the rest."""
+    config = tiny_config(corpus, "gpt_tiny_prefix_lm",
+                         **{"train.num_steps": 3, "train.checkpoint_every": 0})  # fmt: skip
+    docs, _ = inputs.load_documents(config.data)
+    result = trainer.train(config, str(tmp_path / "run"))
+    batch = next(iter(inputs.train_dataset(config, docs, result.run.tokenizer,
+                                           result.run.objective)))  # fmt: skip
+    assert batch["decoder_prefix_mask"].sum() > 0
+    real = batch["decoder_segment_ids"] > 0
+    assert 0 < batch["decoder_loss_weights"].sum() < real.sum()
+    # Each example's prefix and scored rest overlap in exactly one position.
+    overlap = (batch["decoder_prefix_mask"] * batch["decoder_loss_weights"]).sum(axis=1)
+    segments = [len(set(row) - {0}) for row in batch["decoder_segment_ids"].tolist()]
+    assert overlap.tolist() == segments
     (*_, last) = _rows(result.history, "train/lm/loss")
     assert np.isfinite(last["train/lm/loss"]) and last["train/lm/tokens"] > 0
 
