@@ -4,6 +4,18 @@ import os
 
 import pytest
 
+# One persistent XLA compilation cache per test run, shared by the xdist workers and
+# the CLI subprocesses: many tests compile the same tiny models.
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", f"/tmp/t5x_lite_test_jax_cache_{_RUN_ID}")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest tests first, so that xdist starts them at once on different workers and
+    the many short tests fill in around them instead of queueing after them."""
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)
+
 
 def data_dir() -> str:
     """The shared data directory `$T5X_LITE_DATA_DIR`.

@@ -23,6 +23,7 @@ def most_frequent_target_accuracy(config, run) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_tiny_bert_on_sst2_beats_most_frequent_token(tmp_path, shared_data_dir):
     # RoBERTa-style (no NSP): MLM predicts the unigram distribution for ~400 steps, then
     # starts using the context; by 700 steps held-out accuracy is ~3.5x the baseline.

@@ -87,6 +87,7 @@ def well_formed_share(examples, outputs, sentinels, eos_id):
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_tiny_t5_on_sst2_fills_sentinels(tmp_path, shared_data_dir):
     config = config_lib.load(
         f"{PRETRAIN}:t5_tiny",
