@@ -85,9 +85,25 @@ def base_config() -> ml_collections.ConfigDict:
         heldout_docs=100,
         batch_size=16,  # global batch, split over processes and the ('data', 'fsdp') axes
         shuffle=True,
+        # Data shards, each its own pipeline feeding batch_size / num_shards rows of every
+        # batch; processes split the shards. A fixed number (e.g. 8) makes the batches
+        # independent of the process count, so a checkpoint resumes on any number of
+        # processes that divides it; 0 = one shard per process.
+        num_shards=0,
     )
 
     # config.objective and config.model come from the family: gpt_sections / bert_sections.
+
+    # Multi-process runs (one process per host): "auto" initializes jax.distributed when
+    # the environment describes a multi-process job (Cloud TPU pod slices, SLURM, or
+    # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); "on" always; "off"
+    # never. The keys below override what the environment says ('' / 0 / -1 = from it).
+    config.distributed = dict(
+        initialize="auto",  # auto | on | off
+        coordinator_address="",  # host:port of process 0
+        num_processes=0,
+        process_id=-1,
+    )
 
     config.partitioning = dict(
         # Mesh axis sizes; -1 = all remaining devices.
@@ -123,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
         log_every=25,
         eval_every=200,
         eval_batches=8,  # 0 = the whole eval set
+        # Gradient accumulation: each step runs batch_size / microbatches rows at a time
+        # and sums the gradients; the update equals one step on the whole batch.
+        microbatches=1,
         checkpoint_every=200,
         keep_checkpoints=2,
         progress_bar=True,

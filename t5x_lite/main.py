@@ -4,6 +4,7 @@
         --workdir=runs/x
     t5x-lite tokenizer --input=corpus.txt --vocab_size=4000 --model_type=unigram --output=spm
     t5x-lite bench --config=gin_configs/pretrain.py:gpt_small
+    t5x-lite train --config=gin_configs/pretrain.py:t5_small --workdir=runs/x --dry_run
 
 Config overrides are `--config.<dotted key>=<value>` (or `--config.<key> <value>`). Every
 mistake a user can make ends in one line `error: ...` and exit status 2.
@@ -46,11 +47,25 @@ def _load_config(args, extra):
 
 def cmd_train(args, extra) -> None:
     config = _load_config(args, extra)
+    if args.dry_run:
+        from t5x_lite.train import distributed, dry_run
+
+        distributed.initialize(config)  # a pod's dry run sees every process's devices
+        report = dry_run.report(config)
+        if distributed.is_main_process():
+            print(report)
+        return
     from t5x_lite.train import trainer
 
     result = trainer.train(config, args.workdir)
-    _print_sample(result)
-    print(f"run files (config, metrics.jsonl, tensorboard/, checkpoints/): {args.workdir}")
+    import jax
+
+    # With several processes the parameters live on every process's devices, which the
+    # samplers (host arrays in, one process) do not handle yet: sample from a checkpoint.
+    if jax.process_count() == 1:
+        _print_sample(result)
+    if jax.process_index() == 0:
+        print(f"run files (config, metrics.jsonl, tensorboard/, checkpoints/): {args.workdir}")
 
 
 def _print_sample(result) -> None:
@@ -128,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="pretrain (or resume) a model")
     train.add_argument("--config", required=True, help="gin_configs/FILE.py:VARIANT")
     train.add_argument("--workdir", required=True, help="run directory; rerun to resume")
+    train.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="print the mesh, per-parameter shardings and per-device memory, then exit "
+        "(no data read, nothing written)",
+    )
     train.set_defaults(fn=cmd_train)
 
     tok = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer")

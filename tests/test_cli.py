@@ -224,3 +224,38 @@ def test_interrupt_keeps_the_latest_checkpoint_and_resumes(tmp_path, corpus, sig
     rows = [json.loads(x) for x in open(workdir / "metrics.jsonl")]
     steps = [r["step"] for r in rows if "train/lm/loss" in r]
     assert steps == list(range(1, latest + 3)), (steps, latest)  # each step once
+
+
+@pytest.mark.slow
+def test_dry_run_reads_no_data_and_writes_nothing(tmp_path):
+    out = cli(
+        "train",
+        "--config=gin_configs/pretrain.py:bert_tiny",
+        f"--workdir={tmp_path}/run",
+        "--config.data.train.kind=text",
+        f"--config.data.train.path={tmp_path}/missing.txt",
+        "--dry_run",
+        *TINY,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("mesh: data=1 fsdp=1 tensor=1 (1 x ")
+    assert any(line.startswith("token_embed/embedding ") for line in lines)
+    assert any(line.startswith("train state: ") for line in lines)
+    assert any(line.startswith("compiled train step per device: ") for line in lines)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_dry_run_rejects_heads_that_do_not_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "2")
+    out = cli(
+        "train",
+        "--config=gin_configs/pretrain.py:gpt_tiny",
+        f"--workdir={tmp_path}/run",
+        "--dry_run",
+        "--config.partitioning.mesh.data=1",
+        "--config.partitioning.mesh.tensor=2",
+        *TINY,
+        "--config.model.num_heads=3",
+    )
+    _one_line_error(out, "'heads', size 3", "config.model.num_heads", "mesh.tensor=2")

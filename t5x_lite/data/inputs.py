@@ -6,6 +6,7 @@ Shared by `train`, `bench` and the downstream commands so they all read data the
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 
 import jax
@@ -13,7 +14,7 @@ import numpy as np
 
 from t5x_lite import objectives
 from t5x_lite import tokenizer as tokenizer_lib
-from t5x_lite.data import pipeline, sources
+from t5x_lite.data import packing, pipeline, sources
 from t5x_lite.errors import UserError
 
 
@@ -116,26 +117,159 @@ def process_batch_size(global_batch: int) -> int:
     return global_batch // jax.process_count()
 
 
-def train_dataset(config, docs, tokenizer, objective):
-    """Endless, shuffled (if configured) batches of this process's shard."""
-    return _dataset(config, docs, tokenizer, objective, training=True)
+def owned_shards(data_config, process_index: int, process_count: int) -> tuple[int, range]:
+    """-> (number of data shards, the shards this process reads).
+
+    `config.data.num_shards` shards (0 = one per process), split into contiguous blocks:
+    process p of P reads shards p*S/P .. (p+1)*S/P - 1, so that joining the processes' rows
+    in process order gives the same global batch, row for row, for any P dividing S.
+    """
+    num_shards = data_config.num_shards or process_count
+    if num_shards < 0 or num_shards % process_count:
+        raise UserError(
+            f"config.data.num_shards={data_config.num_shards} must be 0 (one shard per "
+            f"process) or a multiple of the {process_count} processes"
+        )
+    if data_config.batch_size % num_shards:
+        raise UserError(
+            f"config.data.batch_size={data_config.batch_size} is not divisible by the "
+            f"{num_shards} data shards (config.data.num_shards={data_config.num_shards})"
+        )
+    per_process = num_shards // process_count
+    return num_shards, range(process_index * per_process, (process_index + 1) * per_process)
 
 
-def eval_dataset(config, docs, tokenizer, objective):
-    """One ordered pass over this process's shard; the last batch padded with empty rows."""
-    return _dataset(config, docs, tokenizer, objective, training=False)
+def train_dataset(config, docs, tokenizer, objective, *, process_index=None, process_count=None):
+    """Endless, shuffled (if configured) batches of this process's shards.
+
+    `process_index`/`process_count` default to JAX's; tests pass them to play one
+    process of a larger job.
+    """
+    num_shards, shards = _layout(config, process_index, process_count)
+    pipelines = {
+        s: _pipeline(config, docs, tokenizer, objective, s, num_shards, training=True)
+        for s in shards
+    }
+    return ShardedDataset(num_shards, pipelines)
 
 
-def _dataset(config, docs, tokenizer, objective, *, training: bool):
+def eval_dataset(
+    config, docs, tokenizer, objective, *, max_batches=0, process_index=None, process_count=None
+):
+    """One ordered pass over this process's shards, at most `max_batches` (0 = all)
+    batches; short shards are filled with empty rows (zero loss weight).
+
+    Every process must run the same number of batches: a multi-process caller agrees on
+    `num_batches` with `set_num_batches` (the largest `local_num_batches()`).
+    """
+    num_shards, shards = _layout(config, process_index, process_count)
+    pipelines = {
+        s: _pipeline(config, docs, tokenizer, objective, s, num_shards, training=False)
+        for s in shards
+    }
+    rows = config.data.batch_size // num_shards
+    return ShardedEval(pipelines, _empty_batch(objective, rows), max_batches)
+
+
+def _layout(config, process_index, process_count) -> tuple[int, range]:
+    if process_count is None:
+        process_index, process_count = jax.process_index(), jax.process_count()
+    return owned_shards(config.data, process_index, process_count)
+
+
+def _pipeline(config, docs, tokenizer, objective, shard, num_shards, *, training: bool):
     return pipeline.make_dataset(
         docs,
         tokenizer,
         objective,
-        batch_size=process_batch_size(config.data.batch_size),
+        batch_size=config.data.batch_size // num_shards,
         seed=config.seed,
         shuffle=training and config.data.shuffle,
         num_epochs=None if training else 1,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
+        shard_index=shard,
+        shard_count=num_shards,
         pad_final_batch=not training,
     )
+
+
+def _empty_batch(objective, rows: int) -> dict[str, np.ndarray]:
+    """All-zero rows shaped like a packed batch: zero segment ids, so zero loss weight."""
+    lengths = dict(objective.feature_lengths())
+    for group, length in packing.group_row_lengths(lengths).items():
+        lengths[f"{group}_segment_ids"] = lengths[f"{group}_positions"] = length
+    return {name: np.zeros((rows, n), np.int32) for name, n in lengths.items()}
+
+
+def _join(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-shard batches, in shard order -> this process's rows of the global batch."""
+    if len(batches) == 1:
+        return batches[0]
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+
+
+class ShardedDataset:
+    """The pipelines of this process's data shards; `iter()` gives a ShardedIterator."""
+
+    def __init__(self, num_shards: int, pipelines: dict):
+        self.num_shards, self.pipelines = num_shards, pipelines
+
+    def __iter__(self) -> ShardedIterator:
+        return ShardedIterator(self.num_shards, {s: iter(p) for s, p in self.pipelines.items()})
+
+
+class ShardedIterator:
+    """Host batches joining one batch of each owned shard. The state is JSON
+    {str(shard): grain state}; `set_state` takes a state with every shard of the job
+    (as a checkpoint holds it) and resumes the shards this process owns."""
+
+    def __init__(self, num_shards: int, iterators: dict):
+        self.num_shards, self.iterators = num_shards, iterators
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return _join([next(it) for it in self.iterators.values()])
+
+    def __iter__(self):
+        return self
+
+    def get_state(self) -> dict:
+        return {str(s): it.get_state() for s, it in self.iterators.items()}
+
+    def set_state(self, state: dict) -> None:
+        if len(state) != self.num_shards or any(str(s) not in state for s in self.iterators):
+            raise UserError(
+                f"the checkpoint's data position has {len(state)} data shards but this run "
+                f"reads {self.num_shards}: set --config.data.num_shards={len(state)} (a "
+                f"multiple of the process count) or use the original {len(state)} processes"
+            )
+        for s, it in self.iterators.items():
+            it.set_state(state[str(s)])
+
+
+class ShardedEval:
+    """A pass of `num_batches` host batches over the owned shards' eval pipelines."""
+
+    def __init__(self, pipelines: dict, empty_batch: dict, max_batches: int):
+        self.pipelines, self.empty_batch, self.max_batches = pipelines, empty_batch, max_batches
+        self.num_batches: int | None = None
+        self._local: int | None = None
+
+    def local_num_batches(self) -> int:
+        """Batches this process's longest shard yields (at most max_batches); one pass,
+        made once (the eval pipelines are deterministic)."""
+        if self._local is None:
+            limit = self.max_batches or None
+            self._local = max(
+                sum(1 for _ in itertools.islice(p, limit)) for p in self.pipelines.values()
+            )
+        return self._local
+
+    def set_num_batches(self, num_batches: int) -> None:
+        self.num_batches = num_batches
+
+    def __iter__(self):
+        if self.num_batches is None and jax.process_count() > 1:
+            raise RuntimeError("multi-process eval needs set_num_batches() agreed by all")
+        num_batches = self.local_num_batches() if self.num_batches is None else self.num_batches
+        iterators = [iter(p) for p in self.pipelines.values()]
+        for _ in range(num_batches):
+            yield _join([next(it, None) or self.empty_batch for it in iterators])

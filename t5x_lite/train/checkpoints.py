@@ -1,6 +1,12 @@
 """Orbax checkpoints: a step directory holds the train state, the data iterator's
 position and the resolved config.
 
+The data position is one JSON {data shard: grain state} for the whole job. Orbax writes
+JSON items from the primary process only, so `save` first gathers every process's shards
+onto all of them; on restore every process reads the file and takes its own shards.
+With `config.data.num_shards` fixed, a checkpoint resumes on any process count that
+divides it; the train state is restored onto the new run's mesh and shardings.
+
 Orbax writes each step into a temporary directory and renames it when complete, so a
 crash or Ctrl-C mid-save leaves the previous step as the latest good checkpoint.
 """
@@ -14,6 +20,7 @@ import orbax.checkpoint as ocp
 
 from t5x_lite import config as config_lib
 from t5x_lite.errors import UserError
+from t5x_lite.train import distributed
 
 # Config sections that must match between a checkpoint and the run that restores it.
 STRUCTURAL_SECTIONS = ("model", "objective", "tokenizer")
@@ -33,10 +40,15 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_state: dict, config, *, force: bool = False) -> bool:
+        """Every process calls this each step with its own {shard: state}; a collective
+        on the steps that save."""
         if not force and (self.every <= 0 or step % self.every):
             return False
         if step in self.manager.all_steps():
             return False
+        data_state = {
+            s: v for shards in distributed.gather_json(data_state) for s, v in shards.items()
+        }
         return self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -64,7 +76,10 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
             ),
         )
-        return restored.state, restored.data
+        data = restored.data
+        if not all(key.isdigit() for key in data):  # made before data shards: one process
+            data = {"0": data}
+        return restored.state, data
 
     def close(self) -> None:
         self.manager.wait_until_finished()

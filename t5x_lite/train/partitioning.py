@@ -41,9 +41,14 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def make_mesh(mesh_config) -> jax.sharding.Mesh:
-    shape = mesh_shape(mesh_config, jax.device_count())
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
+    """The mesh over `devices` (default: all of them); tests pass a prefix to compare
+    the same run on fewer devices within one process."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = mesh_shape(mesh_config, len(devices))
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    )
 
 
 def rules(partitioning_config) -> tuple:
@@ -54,6 +59,48 @@ def logical_shardings(abstract_tree, mesh, logical_rules):
     """Shardings for a pytree of boxed (logically annotated) abstract values."""
     specs = nn.get_partition_spec(abstract_tree)
     return nn.logical_to_mesh_sharding(specs, mesh, logical_rules)
+
+
+# The config key that sets the size of a parameter dimension with this logical name.
+_SIZE_KEYS = {
+    "vocab": "config.tokenizer.vocab_size",
+    "embed": "config.model.d_model",
+    "heads": "config.model.num_heads",
+    "kv": "config.model.head_dim",
+    "mlp": "config.model.d_ff",
+    "layers": "config.model.num_layers (T5: num_encoder_layers, num_decoder_layers)",
+    "relpos_buckets": "config.model.relative_attention_num_buckets",
+}
+
+
+def check_divisible(boxed_params, param_shardings) -> None:
+    """Each parameter dimension must split evenly over the mesh axes its rule maps it to;
+    XLA would otherwise fail while compiling with a message that names neither."""
+    shapes = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(boxed_params))[0]
+    logical_specs = jax.tree.leaves(
+        nn.get_partition_spec(boxed_params), is_leaf=lambda x: isinstance(x, PartitionSpec)
+    )
+    for (path, leaf), logical, sharding in zip(
+        shapes, logical_specs, jax.tree.leaves(param_shardings), strict=True
+    ):
+        for dim, (size, name, axes) in enumerate(zip(leaf.shape, logical, sharding.spec)):
+            axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            parts = math.prod(sharding.mesh.shape[axis] for axis in axes)
+            if size % parts:
+                mesh_keys = ", ".join(
+                    f"config.partitioning.mesh.{axis}={sharding.mesh.shape[axis]}" for axis in axes
+                )
+                raise UserError(
+                    f"parameter {_path_name(path)} {tuple(leaf.shape)}: dimension {dim} "
+                    f"(logical axis {name!r}, size {size}) is split over mesh axes {axes} "
+                    f"({parts} parts), which does not divide it; make "
+                    f"{_SIZE_KEYS.get(name, 'its size')} a multiple of {parts}, or change "
+                    f"{mesh_keys}, or map {name!r} elsewhere in config.partitioning.rules"
+                )
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(key, "key", key)) for key in path)
 
 
 def batch_sharding(mesh) -> NamedSharding:

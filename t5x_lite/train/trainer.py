@@ -18,8 +18,8 @@ import optax
 from t5x_lite import config as config_lib
 from t5x_lite import models
 from t5x_lite.data import inputs
-from t5x_lite.errors import Interrupted
-from t5x_lite.train import checkpoints, losses, optim, partitioning
+from t5x_lite.errors import Interrupted, UserError
+from t5x_lite.train import checkpoints, distributed, losses, optim, partitioning
 from t5x_lite.train import metrics as metrics_lib
 from t5x_lite.train.state import TrainState
 
@@ -47,9 +47,10 @@ class Run:
         return {name: np.zeros((batch_size, n), np.int32) for name, n in shapes.items()}
 
 
-def build_run(config, tokenizer) -> Run:
-    """Mesh, objective, model, optimizer and the train state's shapes and shardings."""
-    mesh = partitioning.make_mesh(config.partitioning.mesh)
+def build_run(config, tokenizer, devices=None) -> Run:
+    """Mesh (over `devices`, default all), objective, model, optimizer and the train
+    state's shapes and shardings; settings that cannot shard fail here, before compiling."""
+    mesh = partitioning.make_mesh(config.partitioning.mesh, devices)
     rules = partitioning.rules(config.partitioning)
     partitioning.check_batch_size(config.data.batch_size, mesh)
     objective = inputs.build_objective(config, tokenizer)
@@ -66,6 +67,7 @@ def build_run(config, tokenizer) -> Run:
         opt_state=jax.eval_shape(run.tx.init, params),
     )
     run.state_shardings = _state_shardings(run, boxed_params, abstract)
+    partitioning.check_divisible(boxed_params, run.state_shardings.params)
     run.abstract_state = checkpoints.abstract_with_shardings(abstract, run.state_shardings)
     return run
 
@@ -129,16 +131,21 @@ def loss_sums(run: Run, params, batch, *, dropout_rng):
 
 
 def make_train_step(run: Run):
+    """The jitted step: gradients summed over `config.train.microbatches` micro-batches,
+    normalized by the whole batch's weights, so the update equals one full-batch step."""
+    num_micro = run.config.train.microbatches
+    _check_microbatches(run.config.data.batch_size, num_micro, run.mesh)
     dropout_key = jax.random.key(run.config.seed + 1)
     schedule = optim.learning_rate_schedule(run.config.optimizer, run.config.train.num_steps)
 
     def train_step(state: TrainState, batch):
         # Dropout depends only on the step, so a resumed run draws the same masks.
         rng = jax.random.fold_in(dropout_key, state.step)
-        grad_fn = jax.value_and_grad(
-            lambda p: loss_sums(run, p, batch, dropout_rng=rng), has_aux=True
-        )
-        (_, sums), grads = grad_fn(state.params)
+        weight_sums = _weight_sums(run, batch)
+        if num_micro == 1:
+            grads, sums = _grads_and_sums(run, state.params, batch, weight_sums, rng)
+        else:
+            grads, sums = _accumulate(run, state.params, batch, weight_sums, rng, num_micro)
         new_state = state.apply_gradients(grads, run.tx)
         extras = {
             "grad_norm": jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
@@ -153,6 +160,72 @@ def make_train_step(run: Run):
         out_shardings=(run.state_shardings, replicated),
         donate_argnums=0,
     )
+
+
+def _check_microbatches(batch_size: int, num_micro: int, mesh) -> None:
+    """Every micro-batch must still give each data-parallel device the same number of rows."""
+    dp = partitioning.data_parallel_size(mesh)
+    if num_micro < 1 or batch_size % num_micro or (batch_size // num_micro) % dp:
+        raise UserError(
+            f"config.train.microbatches={num_micro} must split config.data.batch_size="
+            f"{batch_size} into micro-batches whose rows are a multiple of the data-parallel "
+            f"size {dp} (mesh data x fsdp); use a divisor of {max(batch_size // dp, 1)}"
+        )
+
+
+def _weight_sums(run: Run, batch) -> dict[str, jax.Array]:
+    """Each loss term's weight sum over the whole batch: the full-batch normalizer that
+    every micro-batch divides by (read from the weight features, no model needed)."""
+    return {
+        term.name: jnp.maximum(jnp.sum(batch[term.weights].astype(jnp.float32)), 1.0)
+        for term in run.objective.loss_terms
+    }
+
+
+def _grads_and_sums(run: Run, params, batch, weight_sums, rng):
+    """Gradient of sum_t loss_sum_t / weight_sums[t] on `batch` -> (grads, per-term sums)."""
+
+    def loss_fn(p):
+        _, sums = loss_sums(run, p, batch, dropout_rng=rng)
+        total = sum(sums[name]["loss_sum"] / weight_sums[name] for name in sums)
+        return total, sums
+
+    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, sums
+
+
+def _accumulate(run: Run, params, batch, weight_sums, rng, num_micro: int):
+    """Scan over micro-batches, summing float32 gradients and the metric sums.
+
+    Micro-batch m takes rows m, m + M, m + 2M, ...: [B, ...] -> [B/M, M, ...] -> swap
+    axes, so each device's rows of every micro-batch are rows it already holds."""
+    micro_sharding = jax.sharding.NamedSharding(
+        run.mesh, jax.sharding.PartitionSpec(None, partitioning.BATCH_AXES)
+    )
+
+    def split(feature):  # [batch, ...] -> [micro, batch / micro, ...]
+        rows = feature.reshape(feature.shape[0] // num_micro, num_micro, *feature.shape[1:])
+        return jax.lax.with_sharding_constraint(jnp.swapaxes(rows, 0, 1), micro_sharding)
+
+    def body(carry, micro):
+        index, micro_batch = micro
+        micro_rng = jax.random.fold_in(rng, index)
+        grads, sums = _grads_and_sums(run, params, micro_batch, weight_sums, micro_rng)
+        acc_grads, acc_sums = carry
+        acc_grads = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc_grads, grads)
+        acc_grads = jax.lax.with_sharding_constraint(acc_grads, run.state_shardings.params)
+        return (acc_grads, jax.tree.map(jnp.add, acc_sums, sums)), None
+
+    micro_batches = {name: split(feature) for name, feature in batch.items()}
+    zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zero_grads = jax.lax.with_sharding_constraint(zero_grads, run.state_shardings.params)
+    first = jax.tree.map(lambda feature: feature[0], micro_batches)
+    sums_shape = jax.eval_shape(lambda b: loss_sums(run, params, b, dropout_rng=rng)[1], first)
+    zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+    (grads, sums), _ = jax.lax.scan(
+        body, (zero_grads, zero_sums), (jnp.arange(num_micro), micro_batches)
+    )
+    return grads, sums
 
 
 def make_eval_step(run: Run):
@@ -189,16 +262,23 @@ class TrainResult:
 
 def train(config, workdir: str) -> TrainResult:
     """Train (or resume) the run described by `config` in `workdir`."""
+    distributed.initialize(config)  # before anything touches devices
     # Settings that cannot work fail here, before any data is read or anything compiled.
     partitioning.check_batch_size(
         config.data.batch_size, partitioning.make_mesh(config.partitioning.mesh)
     )
+    inputs.owned_shards(config.data, jax.process_index(), jax.process_count())
     inputs.check_objective(config)
-    config_lib.save(config, workdir)
+    if jax.process_index() == 0:  # one writer: processes may share the workdir
+        config_lib.save(config, workdir)
     train_docs, eval_docs = inputs.load_documents(config.data)
     run = build_run(config, inputs.load_or_train_tokenizer(config, workdir, train_docs))
     train_ds = inputs.train_dataset(config, train_docs, run.tokenizer, run.objective)
-    eval_ds = eval_docs and inputs.eval_dataset(config, eval_docs, run.tokenizer, run.objective)
+    eval_ds = eval_docs and inputs.eval_dataset(
+        config, eval_docs, run.tokenizer, run.objective, max_batches=config.train.eval_batches
+    )
+    if eval_ds:  # every process runs as many eval steps, or the collectives hang
+        eval_ds.set_num_batches(distributed.max_over_processes(eval_ds.local_num_batches()))
     train_step, eval_step = make_train_step(run), make_eval_step(run)
 
     # Restore, or initialize from the seed.

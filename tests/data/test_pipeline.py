@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from t5x_lite import tokenizer as tok_lib
+from t5x_lite.data import inputs
 from t5x_lite.data.pipeline import make_dataset
 from t5x_lite.errors import UserError
 from t5x_lite.objectives.causal_lm import CausalLM
@@ -225,3 +226,130 @@ def test_empty_documents_are_skipped():
 def test_bad_arguments_are_user_errors(overrides, match):
     with pytest.raises(UserError, match=match):
         build(["11", "12", "13"], NumberTokenizer(), **overrides)
+
+
+# Data shards (config.data.num_shards) spread over simulated processes: t5x_lite.data.inputs.
+
+
+def shard_config(num_shards: int, batch_size: int = 8):
+    from ml_collections import ConfigDict
+
+    return ConfigDict(dict(seed=3, data=dict(batch_size=batch_size, num_shards=num_shards,
+                                             shuffle=True)))  # fmt: skip
+
+
+def process_iterators(config, docs, process_count: int):
+    """One iterator per simulated process, as `inputs.train_dataset` builds it there."""
+    objective = CausalLM(seq_len=6, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+    return [
+        iter(
+            inputs.train_dataset(
+                config,
+                docs,
+                NumberTokenizer(),
+                objective,
+                process_index=p,
+                process_count=process_count,
+            )
+        )  # fmt: skip
+        for p in range(process_count)
+    ]
+
+
+def global_batch(iterators) -> dict[str, np.ndarray]:
+    """The processes' host batches joined in process order, as the global array holds them."""
+    hosts = [next(it) for it in iterators]
+    return {k: np.concatenate([h[k] for h in hosts]) for k in hosts[0]}
+
+
+def row_multiset(batch) -> list:
+    return sorted(tuple(np.concatenate([batch[k][i] for k in sorted(batch)])) for i in
+                  range(len(batch["decoder_segment_ids"])))  # fmt: skip
+
+
+def job_state(iterators) -> dict:
+    """What a checkpoint holds: every process's {shard: state}, merged, through JSON."""
+    merged = {s: v for it in iterators for s, v in it.get_state().items()}
+    return json.loads(json.dumps(merged))
+
+
+def test_global_batches_do_not_depend_on_the_process_count():
+    docs = [str(i) for i in range(10, 90)]
+    config = shard_config(num_shards=4)
+    runs = {p: process_iterators(config, docs, p) for p in (1, 2, 4)}
+    for _ in range(6):  # two epochs of the 4 shards (20 docs, 10 rows of 6, 2 rows a batch)
+        batches = {p: global_batch(its) for p, its in runs.items()}
+        for p in (2, 4):
+            assert row_multiset(batches[p]) == row_multiset(batches[1])
+            # Contiguous shard blocks per process: even the row order is the same.
+            assert_batches_equal([batches[p]], [batches[1]])
+    # A checkpoint made by any process count resumes on any other one.
+    states = {p: job_state(its) for p, its in runs.items()}
+    expected = [global_batch(runs[1]) for _ in range(4)]
+    for saved_by, resumed_on in ((4, 2), (2, 1), (4, 1), (1, 4)):
+        resumed = process_iterators(config, docs, resumed_on)
+        for it in resumed:
+            it.set_state(states[saved_by])
+        assert_batches_equal([global_batch(resumed) for _ in expected], expected)
+
+
+def test_eval_processes_agree_on_the_batch_count():
+    # Shard s of 4 has 6 + (s < 2) docs, rows of 1 doc, 2 rows a shard batch: shards 0
+    # and 1 need 4 batches (the last half padding), shards 2 and 3 only 3.
+    docs = [str(i) for i in range(10, 36)]
+    config = shard_config(num_shards=4)
+    objective = CausalLM(seq_len=2, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+
+    def passes(process_count, max_batches=0):
+        datasets = [
+            inputs.eval_dataset(
+                config,
+                docs,
+                NumberTokenizer(),
+                objective,
+                max_batches=max_batches,
+                process_index=p,
+                process_count=process_count,
+            )  # fmt: skip
+            for p in range(process_count)
+        ]
+        agreed = max(ds.local_num_batches() for ds in datasets)  # what the trainer gathers
+        for ds in datasets:
+            ds.set_num_batches(agreed)
+        return [list(ds) for ds in datasets]
+
+    single = passes(1)[0]
+    assert len(single) == 4
+    for process_count in (2, 4):
+        per_process = passes(process_count)
+        assert [len(batches) for batches in per_process] == [4] * process_count
+        # The last process's shards ran out after 3: it feeds a batch of empty rows.
+        assert (per_process[-1][-1]["decoder_loss_weights"] == 0).all()
+        joined = [{k: np.concatenate([b[i][k] for b in per_process]) for k in single[0]}
+                  for i in range(4)]  # fmt: skip
+        assert_batches_equal(joined, single)
+    assert [len(batches) for batches in passes(2, max_batches=2)] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "num_shards, process_count, batch_size, match",
+    [
+        (3, 2, 12, r"config.data.num_shards=3 must be 0 .* multiple of the 2 processes"),
+        (4, 1, 6, r"config.data.batch_size=6 is not divisible by the 4 data shards"),
+        (0, 4, 6, r"config.data.batch_size=6 is not divisible by the 4 data shards"),
+    ],
+)
+def test_bad_shard_settings_are_user_errors(num_shards, process_count, batch_size, match):
+    config = shard_config(num_shards, batch_size)
+    with pytest.raises(UserError, match=match):
+        inputs.owned_shards(config.data, 0, process_count)
+
+
+def test_resuming_with_other_shards_says_to_set_num_shards():
+    docs = [str(i) for i in range(10, 30)]
+    saved = job_state(process_iterators(shard_config(num_shards=0), docs, 2))  # 2 shards
+    (resumed,) = process_iterators(shard_config(num_shards=0), docs, 1)
+    with pytest.raises(UserError, match=r"has 2 data shards .* set --config.data.num_shards=2"):
+        resumed.set_state(saved)
+    (resumed,) = process_iterators(shard_config(num_shards=2), docs, 1)
+    resumed.set_state(saved)
