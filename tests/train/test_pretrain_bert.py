@@ -26,7 +26,9 @@ def most_frequent_target_accuracy(config, run) -> float:
 @pytest.mark.longest
 def test_tiny_bert_on_sst2_beats_most_frequent_token(tmp_path, shared_data_dir):
     # RoBERTa-style (no NSP): MLM predicts the unigram distribution for ~400 steps, then
-    # starts using the context; by 700 steps held-out accuracy is ~3.5x the baseline.
+    # starts using the context; by 700 steps held-out accuracy is 10.1%, 4.4x the 2.3%
+    # baseline. A 1,024-piece vocabulary keeps the output layer cheap (2,048 took 1.8x
+    # as long for a similar result).
     # (bert_tiny, with NSP, runs through the same trainer in test_trainer's smoke test.)
     config = config_lib.load(
         f"{PRETRAIN}:roberta_tiny",
@@ -36,6 +38,7 @@ def test_tiny_bert_on_sst2_beats_most_frequent_token(tmp_path, shared_data_dir):
             ("data.train.path", os.path.join(shared_data_dir, "sst2", "train.tsv")),
             ("data.heldout_docs", "500"),
             ("objective.seq_len", "64"),
+            ("tokenizer.vocab_size", "1024"),
             ("train.num_steps", "700"),
             ("train.eval_every", "700"),
             ("train.eval_batches", "0"),
@@ -49,5 +52,6 @@ def test_tiny_bert_on_sst2_beats_most_frequent_token(tmp_path, shared_data_dir):
     result = trainer.train(config, str(tmp_path / "run"))
     final = result.history[-1]
     baseline = most_frequent_target_accuracy(config, result.run)
+    print(f"held-out MLM accuracy {final['eval/mlm/accuracy']:.4f}, baseline {baseline:.4f}")
     assert final["eval/mlm/accuracy"] > 2 * baseline, (final, baseline)
     assert final["eval/mlm/accuracy"] > baseline + 0.04, (final, baseline)
