@@ -88,7 +88,7 @@ def build_objective(config, tokenizer) -> objectives.Objective:
     return cls.build(tokenizer, **knobs)
 
 
-class _SpecialIdsOnly:
+class SpecialIdsOnly:
     """What objectives read from a tokenizer, without one: the special ids are fixed
     (see t5x_lite.tokenizer), every other piece counts as a word start."""
 
@@ -110,7 +110,7 @@ class _SpecialIdsOnly:
 def check_objective(config) -> None:
     """Build the objective once with placeholder pieces so that its settings (lengths,
     rates, the architecture it needs) fail before any data is read or tokenizer trained."""
-    build_objective(config, _SpecialIdsOnly(config.model.vocab_size))
+    build_objective(config, SpecialIdsOnly(config.model.vocab_size))
 
 
 def process_batch_size(global_batch: int) -> int:

@@ -20,7 +20,7 @@ from t5x_lite.train import partitioning, trainer
 
 def report(config, devices=None) -> str:
     """The dry-run text for `config` on `devices` (default: all of them)."""
-    run = trainer.build_run(config, inputs._SpecialIdsOnly(config.model.vocab_size), devices)
+    run = trainer.build_run(config, inputs.SpecialIdsOnly(config.model.vocab_size), devices)
     mesh_sizes = " ".join(f"{axis}={size}" for axis, size in run.mesh.shape.items())
     device = run.mesh.devices.flat[0]
     lines = [f"mesh: {mesh_sizes} ({run.mesh.size} x {device.device_kind})"]
@@ -36,7 +36,7 @@ def report(config, devices=None) -> str:
 def parameter_table(run) -> list[str]:
     """One row per parameter: path, shape, logical axes, PartitionSpec, bytes per device."""
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-        boxed = jax.eval_shape(trainer._boxed_params(run), jax.random.key(0))
+        boxed = jax.eval_shape(trainer.params_initializer(run), jax.random.key(0))
     logical_specs = jax.tree.leaves(
         nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, PartitionSpec)
     )

@@ -59,7 +59,7 @@ def build_run(config, tokenizer, devices=None) -> Run:
     tx = optim.make_optimizer(config.optimizer, config.train.num_steps)
     run = Run(config, mesh, rules, tokenizer, objective, model, tx, None, None)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed_params = jax.eval_shape(_boxed_params(run), jax.random.key(0))
+        boxed_params = jax.eval_shape(params_initializer(run), jax.random.key(0))
     params = nn.meta.unbox(boxed_params)
     abstract = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),
@@ -72,7 +72,7 @@ def build_run(config, tokenizer, devices=None) -> Run:
     return run
 
 
-def _boxed_params(run: Run):
+def params_initializer(run: Run):
     """rng -> params still wrapped with their logical axis names."""
     return lambda rng: run.model.init({"params": rng}, run.dummy_batch(1), deterministic=True)[
         "params"
@@ -81,7 +81,7 @@ def _boxed_params(run: Run):
 
 def _init(run: Run):
     def init(rng):
-        params = nn.meta.unbox(_boxed_params(run)(rng))
+        params = nn.meta.unbox(params_initializer(run)(rng))
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=run.tx.init(params)
         )

@@ -18,6 +18,7 @@ from t5x_lite.objectives.masked_lm import (
     select_whole_words,
     truncate_pair,
 )
+from tests.objectives.helpers import NumbersTokenizer
 
 # A toy vocabulary whose ids say what they are: 0..9 special (4 [MASK], 5 [CLS],
 # 6 [SEP]), 10..39 word starts, 40..49 continuation pieces.
@@ -326,13 +327,6 @@ def test_bad_configs_are_one_line_user_errors(overrides, message):
 def test_seq_len_minimums_are_accepted():
     make(next_sentence_prediction=True, seq_len=5)
     make(seq_len=3)
-
-
-class NumbersTokenizer:
-    """ "11 40 12" -> [11, 40, 12]."""
-
-    def encode(self, text):
-        return np.array([int(word) for word in text.split()], np.int32)
 
 
 def epoch_rows(objective, seed, shuffle, num_docs=6, epochs=2):

@@ -10,6 +10,7 @@ from t5x_lite import objectives
 from t5x_lite.data.pipeline import make_dataset
 from t5x_lite.errors import UserError
 from t5x_lite.objectives.prefix_lm import DecoderPrefixLM, PrefixLM
+from tests.objectives.helpers import NumbersTokenizer
 
 BOS, EOS = 3, 1
 KNOBS = dict(inputs_length=6, targets_length=6, split="random", prefix_fraction=0.5)
@@ -174,11 +175,6 @@ def test_decoder_contract_registry_and_errors():
         make_decoder(seq_len=1)
     with pytest.raises(UserError, match="config.objective.split='half'"):
         make_decoder(split="half")
-
-
-class NumbersTokenizer:
-    def encode(self, text):
-        return np.array([int(word) for word in text.split()], np.int32)
 
 
 def test_decoder_packed_rows_keep_prefix_masks_aligned():

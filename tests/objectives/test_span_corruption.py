@@ -15,6 +15,7 @@ from t5x_lite.objectives.span_corruption import (
     random_segmentation,
     random_spans_noise_mask,
 )
+from tests.objectives.helpers import NumbersTokenizer
 
 BOS, EOS = 3, 1
 SENTINELS = np.arange(7, 107)  # <extra_id_0> is 7, as in t5x_lite.tokenizer
@@ -223,13 +224,6 @@ def test_shortest_lengths_are_accepted():
     assert make(inputs_length=2, targets_length=2, corrupted_span="drop").raw_length == 2
     # So many spans are fine when nothing needs a sentinel.
     make(inputs_length=2048, targets_length=2048, noise_density=0.5, corrupted_span="drop")
-
-
-class NumbersTokenizer:
-    """ "21 22 23" -> [21, 22, 23]."""
-
-    def encode(self, text):
-        return np.array([int(word) for word in text.split()], np.int32)
 
 
 def test_through_the_pipeline_first_fit_packs_aligned_segments():

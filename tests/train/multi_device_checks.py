@@ -103,7 +103,7 @@ def _run_subprocess() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-class _CharTokenizer(inputs._SpecialIdsOnly):
+class _CharTokenizer(inputs.SpecialIdsOnly):
     """Characters -> ids above the special pieces: real batches without training one."""
 
     def encode(self, text: str) -> np.ndarray:
@@ -217,7 +217,7 @@ def user_errors() -> dict:
     for name, overrides in cases.items():
         config = load("gpt_tiny", **overrides)
         try:
-            trainer.build_run(config, inputs._SpecialIdsOnly(config.model.vocab_size))
+            trainer.build_run(config, inputs.SpecialIdsOnly(config.model.vocab_size))
             out[name] = None
         except UserError as e:
             out[name] = str(e)
