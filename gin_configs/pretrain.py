@@ -188,6 +188,7 @@ def gpt_sections(config) -> None:
         dropout_rate=0.0,
         tie_embeddings=True,
         max_len=config.objective.get_ref("seq_len"),
+        num_classes=0,  # > 0 (fine-tuning): a classifier at the [EXTRACT] token
         **_model_common(config),
     )
 
@@ -223,6 +224,7 @@ def bert_sections(config, *, nsp: bool, dynamic: bool, masking: str) -> None:
         layer_norm_epsilon=1e-12,
         activation="gelu",  # gelu (exact, as BERT) | gelu_tanh
         max_len=config.objective.get_ref("seq_len"),
+        num_classes=0,  # > 0 (fine-tuning): a classifier on the pooled [CLS]
         **_model_common(config),
     )
     config.loss.z_loss = 0.0  # BERT's objective as published

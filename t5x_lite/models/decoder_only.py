@@ -11,6 +11,10 @@ tokens attend to each other in both directions (`layers.prefix_lm_segment_mask`)
 Incremental decoding (`decode=True`) keeps every layer's keys and values in a 'cache'
 collection, for unpacked rows that start at position 0; see `init_decode_cache` for the
 calling sequence.
+
+Fine-tuning (`num_classes` > 0, GPT-1's recipe): a linear classifier on the final hidden
+state at the token that `class_token_index` points to ([EXTRACT], the row's last
+token), after dropout; its parameters sit under `classifier`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class DecoderOnly(nn.Module):
     dtype: str  # computation dtype: "float32" or "bfloat16"; params stay float32
     remat_policy: str  # one of stack.REMAT_POLICIES
     attention_impl: str  # one of layers.ATTENTION_IMPLS
+    num_classes: int  # > 0 adds the classifier read at class_token_index; 0 = none
 
     def __post_init__(self) -> None:
         stack.check_compute_options(
@@ -146,7 +151,10 @@ class DecoderOnly(nn.Module):
         decode=True (mutable 'cache') is incremental decoding, see `_decode_inputs`; it
         does not read decoder_positions once the cache exists.
 
-        Returns {'logits': float32 [batch, length, vocab]}.
+        With num_classes > 0 it also reads class_token_index (int32 [batch, 1]).
+
+        Returns {'logits': float32 [batch, length, vocab]}, and with num_classes > 0
+        'class_logits' float32 [batch, 1, num_classes].
         """
         tokens = batch["decoder_input_tokens"]
         if decode:
@@ -174,7 +182,15 @@ class DecoderOnly(nn.Module):
         logits = self._output_logits(x, token_embed)
         # [batch, length, vocab]
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-        return {"logits": logits}
+        if not self.num_classes:
+            return {"logits": logits}
+        # [batch, 1, embed]: the hidden state at each row's [EXTRACT] token.
+        extract = jnp.take_along_axis(x, batch["class_token_index"][:, :, None], axis=1)
+        extract = nn.Dropout(self.dropout_rate)(extract, deterministic=deterministic)
+        class_logits = layers.ClassifierHead(self.num_classes, self.dtype, name="classifier")(
+            extract
+        )
+        return {"logits": logits, "class_logits": class_logits}
 
 
 def init_decode_cache(model: DecoderOnly, params: Any, batch_size: int, max_length: int) -> Any:

@@ -15,6 +15,9 @@ Heads, on the final hidden states:
   MLM  dense(embed->embed) + activation + LayerNorm, then the token embedding transposed
        (tied, as BERT) plus an output bias.
   NSP  pooler = dense + tanh on the first token of each row ([CLS]), then dense(embed->2).
+  classifier (fine-tuning, `num_classes` > 0): dropout on the pooled [CLS], then
+       dense(embed->num_classes), as BERT's sequence classification; parameters under
+       `classifier`, which a pretrained checkpoint does not have.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class EncoderOnly(nn.Module):
     dtype: str  # computation dtype: "float32" or "bfloat16"; params stay float32
     remat_policy: str  # one of stack.REMAT_POLICIES
     attention_impl: str  # one of layers.ATTENTION_IMPLS
+    num_classes: int  # > 0 adds the fine-tuning classifier on the pooled [CLS]; 0 = none
 
     def __post_init__(self) -> None:
         stack.check_compute_options(
@@ -163,7 +167,8 @@ class EncoderOnly(nn.Module):
 
         Returns {'mlm_logits': float32 [batch, length, vocab], 'nsp_logits': float32
         [batch, 1, 2], 'pooled': [batch, embed], 'hidden': [batch, length, embed]}, the
-        last two in the compute dtype.
+        last two in the compute dtype, and with num_classes > 0 'class_logits' float32
+        [batch, 1, num_classes].
         """
         x, token_embed = self._embed(batch, deterministic)
         segment_ids = batch["encoder_segment_ids"]
@@ -174,9 +179,15 @@ class EncoderOnly(nn.Module):
         if self.layer_norm == "pre":
             hidden = self._norm("final_norm")(hidden)
         pooled, nsp_logits = self._pool_and_classify(hidden)
-        return {
+        outputs = {
             "mlm_logits": self._mlm_logits(hidden, token_embed),
             "nsp_logits": nsp_logits,
             "pooled": pooled,
             "hidden": hidden,
         }
+        if self.num_classes:
+            features = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
+            outputs["class_logits"] = layers.ClassifierHead(
+                self.num_classes, self.dtype, name="classifier"
+            )(features[:, None])  # [batch, 1, num_classes], scored like a sequence
+        return outputs

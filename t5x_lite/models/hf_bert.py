@@ -141,6 +141,7 @@ def model_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
         "dtype": "float32",
         "remat_policy": "none",
         "attention_impl": "dot_product_attention",
+        "num_classes": 0,
     }
 
 

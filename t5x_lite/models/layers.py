@@ -243,6 +243,29 @@ class LayerNorm(nn.Module):
         return (normed * scale + bias).astype(jnp.dtype(self.dtype))
 
 
+class ClassifierHead(nn.Module):
+    """Fine-tuning classifier: features [..., embed] -> float32 logits [..., num_classes].
+
+    Initialized small (std 0.02, zero bias), so training starts near the uniform
+    prediction, at a loss near ln(num_classes)."""
+
+    num_classes: int
+    dtype: str
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        logits = DenseGeneral(
+            features=(self.num_classes,),
+            contract_axes=1,
+            kernel_axes=("embed", None),
+            use_bias=True,
+            dtype=self.dtype,
+            kernel_init=embedding_init,
+            name="dense",
+        )(features)
+        return logits.astype(jnp.float32)
+
+
 ATTENTION_IMPLS = ("dot_product_attention", "einsum")
 
 

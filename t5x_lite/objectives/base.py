@@ -41,6 +41,9 @@ class LossTerm:
     output: str  # key of the model's output dict, e.g. "logits"
     targets: str  # batch feature with target ids, e.g. "decoder_target_tokens"
     weights: str  # batch feature with per-position loss weights
+    # Multiplies this term's mean loss in the training objective (metrics stay unscaled),
+    # e.g. GPT-1's auxiliary LM loss next to the classifier's.
+    scale: float = 1.0
 
 
 class Objective(abc.ABC):
@@ -57,6 +60,11 @@ class Objective(abc.ABC):
     @abc.abstractmethod
     def feature_lengths(self) -> Mapping[str, int]:
         """Row length of every feature this objective produces."""
+
+    def encode(self, tokenizer, document) -> np.ndarray:
+        """One source document -> what `preprocess` takes as `tokens`. Text objectives
+        tokenize a string; task objectives (fine-tuning) encode a labelled example."""
+        return tokenizer.encode(document)
 
     @abc.abstractmethod
     def preprocess(self, tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:

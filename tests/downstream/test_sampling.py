@@ -42,6 +42,7 @@ MODEL = DecoderOnly(
     dtype="float32",
     remat_policy="none",
     attention_impl="einsum",
+    num_classes=0,
 )
 
 

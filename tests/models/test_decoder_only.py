@@ -35,6 +35,7 @@ def tiny_config(**overrides) -> dict:
         "dtype": "float32",
         "remat_policy": "none",
         "attention_impl": "dot_product_attention",
+        "num_classes": 0,
     }
     config.update(overrides)
     return config

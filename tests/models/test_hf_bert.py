@@ -160,6 +160,7 @@ def test_config_and_params_match_encoder_only_init_exactly(hf_dirs):
         "dtype": "float32",
         "remat_policy": "none",
         "attention_impl": "dot_product_attention",
+        "num_classes": 0,
     }
     model = build_model(model_config)
     batch = {name: jnp.zeros((1, 4), jnp.int32) for name in ("encoder_input_tokens",)}
