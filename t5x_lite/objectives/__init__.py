@@ -1,4 +1,5 @@
-"""Pretraining objectives. Importing this package registers every built-in objective."""
+"""Pretraining and fine-tuning objectives. Importing this package registers every
+built-in objective."""
 
 from t5x_lite.objectives import (  # noqa: F401  (registers)
     causal_lm,
@@ -6,6 +7,7 @@ from t5x_lite.objectives import (  # noqa: F401  (registers)
     prefix_lm,
     span_corruption,
     t5_variants,
+    tasks,
 )
 from t5x_lite.objectives.base import (
     PACK_CONCAT,
