@@ -41,6 +41,30 @@ def load(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_collections
     return config
 
 
+def load_saved(
+    workdir: str, overrides: Iterable[tuple[str, str]] = ()
+) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote to `<workdir>/config.json`, plus overrides."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"--workdir {workdir} has no config.json; give the directory of a run")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(_tuples(json.load(f)))
+    config.lock()
+    for key, raw in overrides:
+        set_value(config, key, raw)
+    return config
+
+
+def _tuples(value):
+    """JSON lists back to the tuples the config files write (rules, labels, shots)."""
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
     """Every leaf of the config under its dotted key."""
     out = {}

@@ -14,8 +14,16 @@ import numpy as np
 
 from t5x_lite import objectives
 from t5x_lite import tokenizer as tokenizer_lib
-from t5x_lite.data import packing, pipeline, sources
+from t5x_lite.data import packing, pipeline, sources, tasks
 from t5x_lite.errors import UserError
+
+
+def load_inputs(config):
+    """-> (train documents, eval documents or None): text documents for pretraining, task
+    examples (`t5x_lite.data.tasks`) for a fine-tuning config (one with `config.task`)."""
+    if "task" in config:
+        return tasks.load_split(config.task, "train"), tasks.load_split(config.task, "eval")
+    return load_documents(config.data)
 
 
 def load_documents(data_config):
@@ -54,7 +62,7 @@ def load_or_train_tokenizer(config, workdir: str, train_docs) -> tokenizer_lib.T
             os.makedirs(workdir, exist_ok=True)
             try:
                 tokenizer_lib.train_tokenizer(
-                    train_docs,
+                    _texts(train_docs),
                     path[: -len(".model")],
                     vocab_size=tok_config.vocab_size,
                     model_type=tok_config.model_type,
@@ -72,6 +80,13 @@ def load_or_train_tokenizer(config, workdir: str, train_docs) -> tokenizer_lib.T
             f"--config.tokenizer.vocab_size={tokenizer.vocab_size}"
         )
     return tokenizer
+
+
+def _texts(docs):
+    """Documents as text: task examples give their texts (and targets)."""
+    if docs and isinstance(docs[0], tasks.TaskExample):
+        return [text for e in docs for text in (e.text_a, e.text_b, e.target) if text]
+    return docs
 
 
 def build_objective(config, tokenizer) -> objectives.Objective:

@@ -50,7 +50,7 @@ _STATIC_PURPOSE = 2
 class _Document(NamedTuple):
     stream_index: int  # position in the shuffled, repeated stream of this shard
     doc_index: int  # index in `docs` (the unsharded source)
-    tokens: np.ndarray  # [num_tokens] int32
+    tokens: np.ndarray  # [num_tokens] int32 (a tuple of arrays for fine-tuning examples)
 
 
 class _WithDocIndex:
@@ -69,18 +69,21 @@ class _WithDocIndex:
 
 
 class _Tokenize:
-    """(stream index, (doc index, text)) -> _Document; a class so it pickles."""
+    """(stream index, (doc index, document)) -> _Document, encoded as the objective says
+    (text: token ids; a fine-tuning example: its fields' ids); a class so it pickles."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, objective: Objective):
         self.tokenizer = tokenizer
+        self.objective = objective
 
-    def __call__(self, stream_index: int, indexed_text: tuple[int, str]) -> _Document:
-        doc_index, text = indexed_text
-        return _Document(stream_index, doc_index, self.tokenizer.encode(text))
+    def __call__(self, stream_index: int, indexed_doc: tuple[int, object]) -> _Document:
+        doc_index, document = indexed_doc
+        return _Document(stream_index, doc_index, self.objective.encode(self.tokenizer, document))
 
 
 def _has_tokens(document: _Document) -> bool:
-    """Objectives need at least one token; only an empty document has none."""
+    """Objectives need at least one token; only an empty document has none (a task
+    example's tuple of fields is never empty: its reader rejects empty cells)."""
     return len(document.tokens) > 0
 
 
@@ -182,7 +185,7 @@ def make_dataset(
     if shuffle:
         dataset = dataset.shuffle(seed=_derived_seed(seed, _SHUFFLE_PURPOSE))
     dataset = dataset.repeat(num_epochs)  # shuffle reseeds each epoch
-    dataset = dataset.map_with_index(_Tokenize(tokenizer))
+    dataset = dataset.map_with_index(_Tokenize(tokenizer, objective))
     dataset = dataset.filter(_has_tokens)
     dataset = dataset.map(
         _ApplyObjective(objective, docs, tokenizer, seed, shard_index, shard_count)

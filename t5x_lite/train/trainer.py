@@ -19,7 +19,7 @@ from t5x_lite import config as config_lib
 from t5x_lite import models
 from t5x_lite.data import inputs
 from t5x_lite.errors import Interrupted, UserError
-from t5x_lite.train import checkpoints, distributed, losses, optim, partitioning
+from t5x_lite.train import checkpoints, distributed, finetuning, losses, optim, partitioning
 from t5x_lite.train import metrics as metrics_lib
 from t5x_lite.train.state import TrainState
 
@@ -61,6 +61,7 @@ def build_run(config, tokenizer, devices=None) -> Run:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         boxed_params = jax.eval_shape(params_initializer(run), jax.random.key(0))
     params = nn.meta.unbox(boxed_params)
+    run.tx = finetuning.wrap_optimizer(config, run.tx, params)
     abstract = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),
         params=params,
@@ -125,7 +126,7 @@ def loss_sums(run: Run, params, batch, *, dropout_rng):
             label_smoothing=run.config.loss.label_smoothing,
             z_loss=run.config.loss.z_loss,
         )
-        total += term_sums["loss_sum"] / jnp.maximum(term_sums["weight_sum"], 1.0)
+        total += term.scale * term_sums["loss_sum"] / jnp.maximum(term_sums["weight_sum"], 1.0)
         sums[term.name] = term_sums
     return total, sums
 
@@ -187,7 +188,10 @@ def _grads_and_sums(run: Run, params, batch, weight_sums, rng):
 
     def loss_fn(p):
         _, sums = loss_sums(run, p, batch, dropout_rng=rng)
-        total = sum(sums[name]["loss_sum"] / weight_sums[name] for name in sums)
+        total = sum(
+            term.scale * sums[term.name]["loss_sum"] / weight_sums[term.name]
+            for term in run.objective.loss_terms
+        )
         return total, sums
 
     (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -252,6 +256,14 @@ def evaluate(run: Run, eval_step, params, dataset, max_batches: int) -> dict[str
     return out
 
 
+def load_tokenizer(config, workdir: str, train_docs=None):
+    """A fine-tuning run's checkpoint tokenizer; else config.tokenizer.path, the workdir's
+    tokenizer.model, or one trained on `train_docs` into the workdir."""
+    return finetuning.load_tokenizer(config) or inputs.load_or_train_tokenizer(
+        config, workdir, train_docs
+    )
+
+
 @dataclasses.dataclass
 class TrainResult:
     run: Run
@@ -269,10 +281,11 @@ def train(config, workdir: str) -> TrainResult:
     )
     inputs.owned_shards(config.data, jax.process_index(), jax.process_count())
     inputs.check_objective(config)
+    train_docs, eval_docs = inputs.load_inputs(config)
+    finetuning.prepare(config, len(train_docs))  # fine-tuning: steps from epochs
     if jax.process_index() == 0:  # one writer: processes may share the workdir
         config_lib.save(config, workdir)
-    train_docs, eval_docs = inputs.load_documents(config.data)
-    run = build_run(config, inputs.load_or_train_tokenizer(config, workdir, train_docs))
+    run = build_run(config, load_tokenizer(config, workdir, train_docs))
     train_ds = inputs.train_dataset(config, train_docs, run.tokenizer, run.objective)
     eval_ds = eval_docs and inputs.eval_dataset(
         config, eval_docs, run.tokenizer, run.objective, max_batches=config.train.eval_batches
@@ -281,7 +294,7 @@ def train(config, workdir: str) -> TrainResult:
         eval_ds.set_num_batches(distributed.max_over_processes(eval_ds.local_num_batches()))
     train_step, eval_step = make_train_step(run), make_eval_step(run)
 
-    # Restore, or initialize from the seed.
+    # Restore, or initialize from the seed (and a pretrained checkpoint, when fine-tuning).
     ckpt = checkpoints.Checkpointer(
         workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
     )
@@ -292,6 +305,7 @@ def train(config, workdir: str) -> TrainResult:
         train_iter.set_state(data_state)
     else:
         start, state = 0, init_state(run, config.seed)
+        state = state.replace(params=finetuning.initial_params(run, state.params))
     writer = metrics_lib.MetricWriter(workdir, start)
     loop = _Loop(run, ckpt, writer, train_iter, train_step, eval_step, eval_ds)
     try:

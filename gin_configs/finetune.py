@@ -1,0 +1,213 @@
+"""Fine-tuning configs: a pretrained model (or random weights) trained on a labelled task.
+
+Pretrain, then fine-tune on SST-2 (GLUE TSV files under $T5X_LITE_DATA_DIR/sst2):
+
+    t5x-lite train --config=gin_configs/pretrain.py:bert_tiny --workdir=runs/bert \
+        --config.data.train.kind=tsv --config.data.train.column=sentence \
+        --config.data.train.path=$T5X_LITE_DATA_DIR/sst2/train.tsv
+    t5x-lite finetune --config=gin_configs/finetune.py:bert_tiny_sst2 \
+        --config.finetune.checkpoint=runs/bert --workdir=runs/bert_sst2
+    # the no-pretraining baseline: same tokenizer and shapes, random weights
+    t5x-lite finetune --config=gin_configs/finetune.py:bert_tiny_sst2 \
+        --config.finetune.checkpoint=runs/bert --config.finetune.init=random \
+        --workdir=runs/bert_sst2_scratch
+
+`finetune` trains like `train` (same trainer, checkpoints, resumption) and then scores the
+eval split, writing `<workdir>/eval/predictions.tsv` and `metrics.json` (`t5x-lite eval
+--workdir=...` does it again, e.g. on another file). Each family follows its paper:
+
+  gpt_tiny_sst2   GPT-1: [START] a [DELIM] b [EXTRACT], a linear classifier on the final
+                  hidden state at [EXTRACT], plus the auxiliary LM loss (weight 0.5).
+  bert_tiny_sst2  BERT: [CLS] a [SEP] b [SEP] with token types, a classifier on the
+                  pooled [CLS]; roberta_tiny_sst2 / spanbert_tiny_sst2 the same on
+                  those encoders.
+  t5_tiny_sst2    T5: text-to-text, "sst2 sentence: ..." -> "negative" / "positive";
+                  scored by exact match of the generated word and by ranking the label
+                  words' likelihoods.
+  *_pair          the same model on a sentence-pair task (columns premise, hypothesis):
+                  bert_tiny_pair, gpt_tiny_pair, t5_tiny_pair. Point config.task.* at
+                  your TSV files and labels.
+  t5_tiny_qa      text-to-text generation (question -> answer), scored by exact match
+                  and token F1; set config.task.{train,eval}.path.
+
+The checkpoint is a t5x_lite workdir (its latest step) or one step directory, or a
+Hugging Face directory with `checkpoint_format=hf_bert|hf_t5`. Its architecture must
+match config.model (every key but num_classes, dropout_rate and the compute options) and
+its tokenizer is used unless config.tokenizer.path names the same vocabulary.
+
+Data paths default to $T5X_LITE_DATA_DIR (or ./data) + /sst2/{train,dev}.tsv.
+"""
+
+import math
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pretrain  # noqa: E402  (the model shapes and optimizer defaults of each family)
+
+# Fine-tuning rows: 64 tokens hold SST-2's sentences. The model's position table keeps
+# the pretraining size (model.max_len), so the checkpoint's parameters fit.
+SEQ_LEN = 64
+DATA_DIR = os.environ.get("T5X_LITE_DATA_DIR", "data")
+
+
+def split(path: str, text_a: str, text_b: str = "", label: str = "label", target: str = ""):
+    """One split's TSV file and column names (every key exists; the task kind decides)."""
+    return ml_collections.ConfigDict(
+        dict(
+            path=path,
+            text_a=text_a,
+            text_b=text_b,  # '' = single-sentence task
+            label=label,  # classification: the label column
+            target=target,  # text_to_text: the target text column
+            max_examples=0,  # 0 = every row; N = the first N rows
+        )
+    )
+
+
+def sst2_task() -> dict:
+    return dict(
+        kind="classification",  # classification | text_to_text
+        # The label column's values, in class order; any other value is an error.
+        labels=("0", "1"),
+        # Words that stand for the labels in text-to-text targets and in-context prompts.
+        label_words=("negative", "positive"),
+        train=split(os.path.join(DATA_DIR, "sst2", "train.tsv"), "sentence"),
+        eval=split(os.path.join(DATA_DIR, "sst2", "dev.tsv"), "content"),
+    )
+
+
+def pair_task() -> dict:
+    """A sentence-pair task (NLI style); point the paths at your files."""
+    return dict(
+        kind="classification",
+        labels=("entailment", "neutral", "contradiction"),
+        label_words=("yes", "maybe", "no"),
+        train=split("train.tsv", "premise", "hypothesis"),
+        eval=split("dev.tsv", "premise", "hypothesis"),
+    )
+
+
+def qa_task() -> dict:
+    """Closed-book question answering: question in, answer text out."""
+    return dict(
+        kind="text_to_text",
+        labels=(),
+        label_words=(),
+        train=split("qa_train.tsv", "question", label="", target="answer"),
+        eval=split("qa_dev.tsv", "question", label="", target="answer"),
+    )
+
+
+def finetune_sections(config, task: dict) -> None:
+    """The task, where the weights come from, and fine-tuning's usual hyperparameters."""
+    config.task = task
+    config.finetune = dict(
+        # A pretraining workdir (its latest step) or step directory; a Hugging Face
+        # directory for hf_* formats; '' = no checkpoint (then init must be random).
+        checkpoint="",
+        checkpoint_format="t5x_lite",  # t5x_lite | hf_bert | hf_t5
+        init="pretrained",  # pretrained | random (the no-pretraining baseline)
+        # > 0: train.num_steps = ceil(epochs * training examples / batch_size).
+        epochs=3.0,
+        freeze_body=False,  # True: train only the classifier (a linear probe)
+    )
+    # Fine-tuning reads config.task, not text sources.
+    config.data = dict(batch_size=32, shuffle=True, num_shards=0)
+    config.tokenizer.path = ""  # '' = the checkpoint's tokenizer
+    config.optimizer.update(
+        name="adamw",
+        schedule="cosine",
+        learning_rate=1e-3,
+        warmup_steps=20,
+        end_lr_fraction=0.0,
+        b2=0.999,
+        weight_decay=0.01,
+        grad_clip_norm=1.0,
+    )
+    config.train.update(log_every=25, eval_every=100, eval_batches=0, checkpoint_every=100)
+    config.sample.max_new_tokens = 0  # no sample at the end; see `t5x-lite generate`
+
+
+def _classifier(config, family, task: dict) -> None:
+    family(config)
+    finetune_sections(config, task)
+    config.model.num_classes = len(task["labels"])
+    config.model.dropout_rate = 0.1
+
+
+def gpt_tiny_sst2(config, task=None):
+    _classifier(config, pretrain.gpt_tiny, task or sst2_task())
+    # GPT-1 adds the LM loss on the task's text with weight 0.5.
+    config.objective = dict(name="classification", seq_len=SEQ_LEN, aux_lm_weight=0.5)
+
+
+def bert_tiny_sst2(config, task=None):
+    _classifier(config, pretrain.bert_tiny, task or sst2_task())
+    config.objective = dict(name="classification", seq_len=SEQ_LEN)
+
+
+def roberta_tiny_sst2(config):
+    bert_tiny_sst2(config)
+
+
+def t5_tiny_sst2(config, task=None):
+    pretrain.t5_tiny(config)
+    finetune_sections(config, task or sst2_task())
+    config.objective = dict(
+        name="text_to_text",
+        inputs_length=64,
+        targets_length=8,
+        input_template="sst2 sentence: {a}",
+        label_words=config.task.get_ref("label_words"),
+    )
+    config.model.dropout_rate = 0.1
+    # Adafactor at a constant rate, as T5's fine-tuning. T5 used 1e-3 for 2^18 steps; a
+    # few hundred steps of a tiny model need 1e-2 (at 1e-3 it only learns the majority).
+    config.optimizer.update(name="adafactor", schedule="constant", learning_rate=1e-2)
+    config.optimizer.weight_decay = 0.0
+
+
+def gpt_tiny_pair(config):
+    gpt_tiny_sst2(config, pair_task())
+
+
+def bert_tiny_pair(config):
+    bert_tiny_sst2(config, pair_task())
+
+
+def t5_tiny_pair(config):
+    t5_tiny_sst2(config, pair_task())
+    config.objective.input_template = "nli premise: {a} hypothesis: {b}"
+
+
+def t5_tiny_qa(config):
+    t5_tiny_sst2(config, qa_task())
+    config.objective.update(input_template="question: {a}", targets_length=32)
+
+
+VARIANTS = {
+    "gpt_tiny_sst2": gpt_tiny_sst2,
+    "bert_tiny_sst2": bert_tiny_sst2,
+    "roberta_tiny_sst2": roberta_tiny_sst2,
+    "t5_tiny_sst2": t5_tiny_sst2,
+    "gpt_tiny_pair": gpt_tiny_pair,
+    "bert_tiny_pair": bert_tiny_pair,
+    "t5_tiny_pair": t5_tiny_pair,
+    "t5_tiny_qa": t5_tiny_qa,
+}
+
+
+def get_config(arg=None):
+    variant = arg or "bert_tiny_sst2"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    config = pretrain.base_config()
+    VARIANTS[variant](config)
+    return config
+
+
+def steps_for_epochs(epochs: float, num_examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(epochs * num_examples / batch_size))

@@ -1,0 +1,202 @@
+"""Fine-tuning through the one trainer: weights from a pretraining checkpoint, a fresh
+head, a frozen body, and the errors for checkpoints that do not fit."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from t5x_lite import config as config_lib
+from t5x_lite.data import tasks
+from t5x_lite.downstream import evaluate
+from t5x_lite.errors import UserError
+from t5x_lite.train import checkpoints, finetuning, trainer
+
+from .test_trainer import ROOT, tiny_config
+
+FINETUNE = os.path.join(ROOT, "gin_configs", "finetune.py")
+SMALL_MODEL = {
+    "model.d_model": 32,
+    "model.num_layers": 2,
+    "model.num_heads": 2,
+    "model.head_dim": 16,
+    "model.d_ff": 64,
+    "tokenizer.vocab_size": 450,
+}
+WORDS = ["the", "a", "movie", "film", "plot", "actors", "story", "scenes", "music"]
+WORDS += ["ending", "was", "is", "quite", "very"]
+
+
+def _toy_rows(n: int, seed: int) -> list[tuple[int, str]]:
+    """Sentences of filler words with one cue word: 'great' -> 1, 'awful' -> 0."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        label = int(rng.integers(2))
+        words = list(rng.choice(WORDS, size=int(rng.integers(3, 8))))
+        words.insert(int(rng.integers(len(words) + 1)), "great" if label else "awful")
+        rows.append((label, " ".join(words)))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def toy_task(tmp_path_factory):
+    """A separable SST-2-shaped task: train header label/sentence, eval label/content."""
+    directory = tmp_path_factory.mktemp("toy_task")
+    for name, column, n, seed in (("train", "sentence", 256, 0), ("dev", "content", 64, 1)):
+        lines = [f"label\t{column}"] + [f"{y}\t{text}" for y, text in _toy_rows(n, seed)]
+        (directory / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, toy_task):
+    """A 2-step bert_tiny run on the toy sentences: its workdir."""
+    workdir = str(tmp_path_factory.mktemp("bert_pretrained"))
+    config = tiny_config(
+        str(toy_task / "train.tsv"),
+        "bert_tiny",
+        **{
+            "data.train.kind": "tsv",
+            "data.train.column": "sentence",
+            "train.num_steps": 2,
+            "train.checkpoint_every": 2,
+        },
+    )
+    trainer.train(config, workdir)
+    return workdir
+
+
+def finetune_config(toy_task, variant="bert_tiny_sst2", **overrides):
+    base = {
+        **SMALL_MODEL,
+        "model.max_len": 32,  # the pretraining run's position table
+        "objective.seq_len": 16,
+        "task.train.path": str(toy_task / "train.tsv"),
+        "task.eval.path": str(toy_task / "dev.tsv"),
+        "data.batch_size": 16,
+        "train.progress_bar": False,
+        "train.log_every": 10,
+        "train.checkpoint_every": 0,
+        "optimizer.warmup_steps": 2,
+    }
+    base.update(overrides)
+    return config_lib.load(f"{FINETUNE}:{variant}", [(k, str(v)) for k, v in base.items()])
+
+
+def _flat(params):
+    return traverse_util.flatten_dict(jax.device_get(params), sep="/")
+
+
+def _checkpoint_params(workdir, config_for_shapes):
+    run = trainer.build_run(config_for_shapes, trainer.load_tokenizer(config_for_shapes, workdir))
+    ckpt = checkpoints.Checkpointer(workdir, every=0, keep=1)
+    state, _ = ckpt.restore(ckpt.latest_step(), run.abstract_state, config_for_shapes)
+    ckpt.close()
+    return _flat(state.params)
+
+
+def _initial_params(config):
+    run = trainer.build_run(config, finetuning.load_tokenizer(config))
+    state = trainer.init_state(run, config.seed)
+    return _flat(state.params), _flat(finetuning.initial_params(run, state.params))
+
+
+def test_body_comes_from_the_checkpoint_and_the_head_is_fresh(toy_task, pretrained):
+    config = finetune_config(toy_task, **{"finetune.checkpoint": pretrained})
+    saved = _checkpoint_params(pretrained, config_lib.load_saved(pretrained))
+    fresh, initial = _initial_params(config)
+    heads = [path for path in initial if path.startswith("classifier/")]
+    assert heads == ["classifier/dense/bias", "classifier/dense/kernel"]
+    for path, value in initial.items():
+        expected = fresh[path] if path in heads else saved[path]
+        np.testing.assert_array_equal(value, expected, err_msg=path)
+    # The baseline: same shapes and tokenizer, nothing from the checkpoint.
+    config = finetune_config(
+        toy_task, **{"finetune.checkpoint": pretrained, "finetune.init": "random"}
+    )
+    fresh, initial = _initial_params(config)
+    for path, value in initial.items():
+        np.testing.assert_array_equal(value, fresh[path], err_msg=path)
+    assert not np.array_equal(initial["token_embed/embedding"], saved["token_embed/embedding"])
+
+
+def test_frozen_body_trains_only_the_classifier(toy_task, pretrained, tmp_path):
+    config = finetune_config(
+        toy_task,
+        **{"finetune.checkpoint": pretrained, "finetune.freeze_body": True, "finetune.epochs": 0},
+        **{"train.num_steps": 3},
+    )
+    result = trainer.train(config, str(tmp_path / "probe"))
+    saved = _checkpoint_params(pretrained, config_lib.load_saved(pretrained))
+    after = _flat(result.state.params)
+    for path, value in after.items():
+        if path.startswith("classifier/"):
+            assert not np.array_equal(value, 0 * value), path  # trained away from zero bias
+        else:
+            np.testing.assert_array_equal(value, saved[path], err_msg=path)
+
+
+@pytest.mark.parametrize("variant", ["bert_tiny_sst2", "gpt_tiny_sst2"])
+def test_classifier_head_learns_a_separable_task(toy_task, tmp_path, variant):
+    config = finetune_config(
+        toy_task,
+        variant,
+        **{"finetune.init": "random", "finetune.epochs": 4.0, "model.max_len": 16},
+    )
+    result = trainer.train(config, str(tmp_path / "run"))
+    assert config.train.num_steps == 64  # ceil(4 epochs * 256 examples / 16)
+    examples = tasks.load_split(config.task, "eval")
+    metrics = evaluate.evaluate_task(result.run, result.state.params, examples, str(tmp_path))
+    assert metrics["classifier"]["accuracy"] >= 0.95, metrics
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["classifier"]["num_examples"] == 64
+    rows = (tmp_path / "predictions.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["line", "text_a", "label", "prediction", "p_0", "p_1"]
+    assert len(rows) == 65
+    first = rows[1].split("\t")
+    assert first[0] == "2" and first[1] == examples[0].text_a
+
+
+def test_checkpoints_that_do_not_fit_are_refused(toy_task, pretrained, tmp_path):
+    wider = finetune_config(toy_task, **{"finetune.checkpoint": pretrained, "model.d_ff": 128})
+    with pytest.raises(UserError, match=r"does not match config.model \(d_ff: 64 -> 128\)"):
+        _initial_params(wider)
+    other_vocab = tmp_path / "other.model"
+    other_vocab.write_bytes(b"not the same pieces")
+    config = finetune_config(
+        toy_task, **{"finetune.checkpoint": pretrained, "tokenizer.path": str(other_vocab)}
+    )
+    with pytest.raises(UserError, match="not the vocabulary the checkpoint was trained with"):
+        finetuning.load_tokenizer(config)
+    config = finetune_config(toy_task, **{"finetune.checkpoint": str(tmp_path)})
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        finetuning.load_tokenizer(config)
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"finetune.checkpoint": ""}, "config.finetune.checkpoint is empty"),
+        (
+            {"model.num_classes": 3, "finetune.init": "random"},
+            "num_classes=3 but config.task.labels has 2",
+        ),
+        ({"finetune.init": "scratch"}, "config.finetune.init='scratch'"),
+    ],
+)
+def test_bad_finetune_settings(toy_task, overrides, needle):
+    config = finetune_config(toy_task, **overrides)
+    with pytest.raises(UserError, match=needle):
+        finetuning.prepare(config, 100)
+
+
+def test_freezing_a_text_to_text_model_is_an_error(toy_task):
+    config = config_lib.load(
+        f"{FINETUNE}:t5_tiny_sst2", [("finetune.freeze_body", "true"), ("finetune.init", "random")]
+    )
+    with pytest.raises(UserError, match="freeze_body needs a classifier head"):
+        finetuning.prepare(config, 100)
