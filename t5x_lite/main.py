@@ -1,7 +1,17 @@
-"""The `t5x-lite` command: train | tokenizer | bench | demo.
+"""The `t5x-lite` command: train | finetune | eval | generate | cloze | icl | tokenizer |
+bench | demo.
 
     t5x-lite train --config=gin_configs/pretrain.py:gpt_tiny --config.train.num_steps=200 \
         --workdir=runs/x
+    t5x-lite finetune --config=gin_configs/finetune.py:bert_tiny_sst2 \
+        --config.finetune.checkpoint=runs/bert --workdir=runs/bert_sst2
+    t5x-lite eval --workdir=runs/bert_sst2 [--config.task.eval.path=other.tsv]
+    t5x-lite generate --workdir=runs/gpt --prompt "The " [--config.sample.top_k=5]
+    t5x-lite generate --workdir=runs/t5 --prompt "The <extra_id_0> of the <extra_id_1> ."
+    t5x-lite generate --workdir=runs/bert --prompt "The [MASK] of the play ." --top_n=5
+    t5x-lite cloze --probes=probes.txt --workdir=runs/bert --workdir=runs/t5 --workdir=runs/gpt
+    t5x-lite icl --config=gin_configs/icl.py:sst2 --config.icl.checkpoint=runs/gpt \
+        [--workdir=runs/gpt_icl]
     t5x-lite tokenizer --input=corpus.txt --vocab_size=4000 --model_type=unigram --output=spm
     t5x-lite bench --config=gin_configs/pretrain.py:gpt_small
     t5x-lite train --config=gin_configs/pretrain.py:t5_small --workdir=runs/x --dry_run
@@ -79,6 +89,259 @@ def _print_sample(result) -> None:
     print(f"\n--- sample ({how}) ---\n{text}\n---")
 
 
+def cmd_finetune(args, extra) -> None:
+    config = _load_config(args, extra)
+    if "task" not in config:
+        raise UserError(
+            f"--config={args.config} has no task section; fine-tune with a config from "
+            "gin_configs/finetune.py (pretraining uses `t5x-lite train`)"
+        )
+    from t5x_lite.train import trainer
+
+    result = trainer.train(config, args.workdir)
+    _evaluate(result.run, result.state.params, args.workdir)
+
+
+def restore_run(workdir: str, overrides: list[tuple[str, str]]):
+    """A trained run's (Run, params at its latest checkpoint), from its saved config with
+    `overrides` applied (e.g. another eval file)."""
+    from t5x_lite import config as config_lib
+    from t5x_lite.train import checkpoints, trainer
+
+    config = config_lib.load_saved(workdir, overrides)
+    run = trainer.build_run(config, trainer.load_tokenizer(config, workdir))
+    ckpt = checkpoints.Checkpointer(workdir, every=0, keep=1)
+    step = ckpt.latest_step()
+    if step is None:
+        raise UserError(f"{workdir} has no checkpoint; train it first")
+    state, _ = ckpt.restore(step, run.abstract_state, config)
+    ckpt.close()
+    return run, state.params
+
+
+def cmd_eval(args, extra) -> None:
+    run, params = restore_run(args.workdir, _split_overrides(extra))
+    if "task" not in run.config:
+        raise UserError(f"{args.workdir} is not a fine-tuning run (its config has no task)")
+    _evaluate(run, params, args.workdir)
+
+
+def _evaluate(run, params, workdir: str) -> None:
+    import json
+
+    from t5x_lite.data import tasks
+    from t5x_lite.downstream import evaluate
+
+    examples = tasks.load_split(run.config.task, "eval")
+    out_dir = os.path.join(workdir, "eval")
+    metrics = evaluate.evaluate_task(run, params, examples, out_dir)
+    print(f"eval on {run.config.task.eval.path}:")
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    print(f"predictions and metrics: {out_dir}/predictions.tsv, metrics.json")
+
+
+# Short family names for output columns, by config.model.arch.
+FAMILY_NAMES = {"decoder_only": "gpt", "encoder_only": "bert", "encoder_decoder": "t5"}
+
+
+def cmd_generate(args, extra) -> None:
+    """Continue (GPT), infill sentinel spans (T5) or fill [MASK]s (BERT) in each prompt,
+    with the run's config.sample settings (overridable)."""
+    run, params = restore_run(args.workdir, _split_overrides(extra))
+    arch = run.config.model.arch
+    if arch == "encoder_only":
+        _fill_masks(run, params, args.prompt, args.top_n)
+        return
+    new_tokens = run.config.sample.max_new_tokens
+    if new_tokens < 1:
+        raise UserError(
+            f"config.sample.max_new_tokens={new_tokens} leaves nothing to generate; pass "
+            "--config.sample.max_new_tokens=N with N >= 1"
+        )
+    if arch == "decoder_only":
+        _continue_prompts(run, params, args.prompt)
+    else:
+        _infill_spans(run, params, args.prompt)
+
+
+def _continue_prompts(run, params, prompts: list[str]) -> None:
+    from t5x_lite.downstream import sampling
+
+    sample = run.config.sample
+    options = dict(temperature=sample.temperature, top_k=sample.top_k, top_p=sample.top_p)
+    texts = sampling.generate_batch(
+        run.model,
+        params,
+        run.tokenizer,
+        prompts,
+        max_len=run.config.model.max_len,
+        max_new_tokens=sample.max_new_tokens,
+        seed=sample.seed,
+        **options,
+    )
+    how = sampling.describe(**options)
+    print(f"--- {how}, up to {sample.max_new_tokens} new tokens, seed {sample.seed} ---")
+    print("\n\n".join(texts))
+
+
+def _infill_spans(run, params, prompts: list[str]) -> None:
+    from t5x_lite.downstream import search
+
+    sample = run.config.sample
+    inputs_length = run.config.objective.inputs_length
+    for number, prompt in enumerate(prompts, start=1):
+        length = len(run.tokenizer.encode(prompt)) + 1
+        if length > inputs_length:
+            raise UserError(
+                f"--prompt {number} is {length} tokens with EOS but the model's inputs hold "
+                f"{inputs_length} (config.objective.inputs_length); shorten the prompt"
+            )
+    outputs = search.generate_text(
+        run.model,
+        params,
+        run.tokenizer,
+        prompts,
+        inputs_length=inputs_length,
+        max_length=sample.max_new_tokens,
+        beam_size=sample.beam_size,
+        length_penalty_alpha=sample.length_penalty_alpha,
+    )
+    how = "greedy"
+    if sample.beam_size > 1:
+        how = f"beam search, {sample.beam_size} beams, length penalty {sample.length_penalty_alpha}"
+    print(f"--- {how}, up to {sample.max_new_tokens} tokens ---")
+    for prompt, output in zip(prompts, outputs):
+        print(f"{prompt} -> {output}")
+        for sentinel, span in _sentinel_spans(prompt, output):
+            print(f"  {sentinel} -> {span}")
+
+
+def _sentinel_spans(prompt: str, output: str) -> list[tuple[str, str]]:
+    """(sentinel, the output's text after it up to the next sentinel) for each sentinel
+    of the prompt, in prompt order; '(not generated)' when the output lacks it."""
+    import re
+
+    sentinel = re.compile(r"<extra_id_\d+>")
+    spans = {}
+    texts_after = sentinel.split(output)[1:]
+    for name, text in zip(sentinel.findall(output), texts_after):
+        spans.setdefault(name, text.strip())
+    return [(name, spans.get(name, "(not generated)")) for name in sentinel.findall(prompt)]
+
+
+def _fill_masks(run, params, prompts: list[str], top_n: int) -> None:
+    from t5x_lite.downstream import cloze
+
+    for prompt in prompts:
+        answers = cloze.fill_masks(run.model, params, run.tokenizer, prompt, top_n=top_n)
+        print(prompt)
+        for number, candidates in enumerate(answers, start=1):
+            print(f"  [MASK] {number}:")
+            for text, probability in candidates:
+                print(f"    {text}  p={probability:.4g}")
+
+
+def cmd_cloze(args, extra) -> None:
+    """Answer every probe with each run, in its family's format; one column per run."""
+    if extra:
+        raise UserError(f"unrecognized arguments {' '.join(extra)}")
+    from t5x_lite.downstream import cloze
+
+    repeated = sorted({w for w in args.workdir if args.workdir.count(w) > 1})
+    if repeated:
+        raise UserError(f"--workdir {repeated[0]} is given twice; give each run once")
+    probes = cloze.read_probes(args.probes)
+    answer = {
+        "encoder_only": cloze.answer_bert,
+        "encoder_decoder": cloze.answer_t5,
+        "decoder_only": cloze.answer_gpt,
+    }
+    answers_by_family = {}
+    for workdir in args.workdir:
+        run, params = restore_run(workdir, [])
+        arch = run.config.model.arch
+        answers_by_family[f"{FAMILY_NAMES[arch]} ({workdir})"] = answer[arch](
+            run.model, params, run.tokenizer, probes, top_n=args.top_n
+        )
+    print(cloze.format_table(probes, answers_by_family), end="")
+
+
+def cmd_icl(args, extra) -> None:
+    """k-shot in-context classification of config.task's eval split for every k."""
+    config = _load_config(args, extra)
+    if "icl" not in config or "task" not in config:
+        raise UserError(
+            f"--config={args.config} has no icl and task sections; use gin_configs/icl.py"
+        )
+    if not config.icl.checkpoint:
+        raise UserError("config.icl.checkpoint is empty; pass --config.icl.checkpoint=RUN")
+    if not config.icl.shots:
+        raise UserError("config.icl.shots is empty; pass e.g. --config.icl.shots='(0, 1, 4)'")
+    if config.task.kind != "classification":
+        raise UserError(
+            f"config.task.kind={config.task.kind!r}: in-context evaluation scores label "
+            "words, so it needs a classification task"
+        )
+    run, params = restore_run(config.icl.checkpoint, [])
+    from t5x_lite.data import tasks
+    from t5x_lite.downstream import icl
+
+    eval_examples = tasks.load_split(config.task, "eval")
+    results = icl.evaluate(
+        run.config.model.arch,
+        run.model,
+        params,
+        run.tokenizer,
+        tasks.load_split(config.task, "train"),
+        eval_examples,
+        shots=config.icl.shots,
+        template=config.icl.template,
+        label_words=config.task.label_words,
+        seed=config.icl.seed,
+        batch_size=config.icl.batch_size,
+        decoder_start_id=run.tokenizer.bos_id,
+    )
+    _report_icl(config, run, eval_examples, results, args.workdir)
+
+
+def _report_icl(config, run, eval_examples, results, workdir: str | None) -> None:
+    """Print shots -> accuracy, macro-F1 and write them to <workdir>/icl_metrics.json."""
+    import collections
+    import json
+
+    from t5x_lite import config as config_lib
+
+    label_counts = collections.Counter(example.label for example in eval_examples)
+    majority = max(label_counts.values()) / len(eval_examples)
+    print(
+        f"in-context learning: {config.icl.checkpoint} ({run.config.model.arch}) on "
+        f"{config.task.eval.path} ({len(eval_examples)} examples)"
+    )
+    print(f"{'shots':>5}  {'accuracy':>8}  {'macro_f1':>8}")
+    for k, metrics in results.items():
+        print(f"{k:>5}  {metrics['accuracy']:>8.4f}  {metrics['macro_f1']:>8.4f}")
+    print(f"majority class accuracy: {majority:.4f}")
+    if not workdir:
+        return
+    report = dict(
+        checkpoint=config.icl.checkpoint,
+        family=run.config.model.arch,
+        majority_class_accuracy=majority,
+        shots={
+            str(k): {
+                key: metrics[key] for key in ("accuracy", "macro_f1", "num_examples", "predictions")
+            }
+            for k, metrics in results.items()
+        },
+        config=config_lib.to_dict(config),
+    )
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "icl_metrics.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    print(f"metrics: {path}")
+
+
 def cmd_tokenizer(args, extra) -> None:
     if extra:
         raise UserError(f"unrecognized arguments {' '.join(extra)}")
@@ -130,9 +393,10 @@ def cmd_demo(args, extra) -> None:
 
     result = demo.main(args.workdir)
     _print_sample(result)
+    demo.finetune_on_sst2(args.workdir)
     print(
         f"run files: {os.path.abspath(args.workdir)} (config.json, metrics.jsonl, "
-        "tensorboard/, checkpoints/, tokenizer.model)"
+        "tensorboard/, checkpoints/, tokenizer.model; sst2_*/eval/ when fine-tuned)"
     )
 
 
@@ -150,6 +414,44 @@ def build_parser() -> argparse.ArgumentParser:
         "(no data read, nothing written)",
     )
     train.set_defaults(fn=cmd_train)
+
+    finetune = sub.add_parser(
+        "finetune", help="fine-tune on a labelled task, then score its eval split"
+    )
+    finetune.add_argument("--config", required=True, help="gin_configs/finetune.py:VARIANT")
+    finetune.add_argument("--workdir", required=True, help="run directory; rerun to resume")
+    finetune.set_defaults(fn=cmd_finetune)
+
+    evaluate = sub.add_parser(
+        "eval", help="score a fine-tuned run: predictions TSV and metrics JSON"
+    )
+    evaluate.add_argument("--workdir", required=True, help="a fine-tuning run directory")
+    evaluate.set_defaults(fn=cmd_eval)
+
+    generate = sub.add_parser(
+        "generate", help="continue (GPT), infill spans (T5) or fill [MASK]s (BERT) of prompts"
+    )
+    generate.add_argument("--workdir", required=True, help="a trained run directory")
+    generate.add_argument(
+        "--prompt", required=True, action="append", help="repeat for several prompts"
+    )
+    generate.add_argument(
+        "--top_n", type=int, default=5, help="encoder_only: candidates shown per [MASK]"
+    )
+    generate.set_defaults(fn=cmd_generate)
+
+    cloze = sub.add_parser("cloze", help="answer fill-in-the-blank probes, runs side by side")
+    cloze.add_argument("--probes", required=True, help="one sentence with ___ per line")
+    cloze.add_argument(
+        "--workdir", required=True, action="append", help="a trained run; repeat for several"
+    )
+    cloze.add_argument("--top_n", type=int, default=3, help="answers shown per run and probe")
+    cloze.set_defaults(fn=cmd_cloze)
+
+    icl = sub.add_parser("icl", help="k-shot in-context classification of a task's eval split")
+    icl.add_argument("--config", required=True, help="gin_configs/icl.py:VARIANT")
+    icl.add_argument("--workdir", help="optional: where to write icl_metrics.json")
+    icl.set_defaults(fn=cmd_icl)
 
     tok = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer")
     tok.add_argument("--input", required=True, nargs="+", help="text files (or a,b,c)")
