@@ -19,8 +19,7 @@ eval split, writing `<workdir>/eval/predictions.tsv` and `metrics.json` (`t5x-li
   gpt_tiny_sst2   GPT-1: [START] a [DELIM] b [EXTRACT], a linear classifier on the final
                   hidden state at [EXTRACT], plus the auxiliary LM loss (weight 0.5).
   bert_tiny_sst2  BERT: [CLS] a [SEP] b [SEP] with token types, a classifier on the
-                  pooled [CLS]; roberta_tiny_sst2 / spanbert_tiny_sst2 the same on
-                  those encoders.
+                  pooled [CLS]; roberta_tiny_sst2 the same on a roberta_tiny run.
   t5_tiny_sst2    T5: text-to-text, "sst2 sentence: ..." -> "negative" / "positive";
                   scored by exact match of the generated word and by ranking the label
                   words' likelihoods.
@@ -31,7 +30,7 @@ eval split, writing `<workdir>/eval/predictions.tsv` and `metrics.json` (`t5x-li
                   and token F1; set config.task.{train,eval}.path.
 
 The checkpoint is a t5x_lite workdir (its latest step) or one step directory, or a
-Hugging Face directory with `checkpoint_format=hf_bert|hf_t5`. Its architecture must
+Hugging Face directory with `checkpoint_format=hf_bert|hf_t5|hf_gpt2`. Its architecture must
 match config.model (every key but num_classes, dropout_rate and the compute options) and
 its tokenizer is used unless config.tokenizer.path names the same vocabulary.
 
@@ -108,7 +107,7 @@ def finetune_sections(config, task: dict) -> None:
         # A pretraining workdir (its latest step) or step directory; a Hugging Face
         # directory for hf_* formats; '' = no checkpoint (then init must be random).
         checkpoint="",
-        checkpoint_format="t5x_lite",  # t5x_lite | hf_bert | hf_t5
+        checkpoint_format="t5x_lite",  # t5x_lite | hf_bert | hf_t5 | hf_gpt2
         init="pretrained",  # pretrained | random (the no-pretraining baseline)
         # > 0: train.num_steps = ceil(epochs * training examples / batch_size).
         epochs=3.0,

@@ -197,14 +197,16 @@ def _load(config, run, wanted: dict) -> dict:
 def _check_model(saved_model: dict, config, where: str) -> None:
     current = config_lib.to_dict(config)["model"]
     changed = [
-        f"{key}: {saved_model.get(key)!r} -> {current.get(key)!r}"
+        (key, saved_model.get(key), current.get(key))
         for key in sorted(set(saved_model) | set(current))
         if key not in FREE_MODEL_KEYS and saved_model.get(key) != current.get(key)
     ]
     if changed:
+        differences = "; ".join(f"{k}: checkpoint {s!r}, config {c!r}" for k, s, c in changed[:3])
+        key, saved, _ = changed[0]
         raise UserError(
-            f"the checkpoint {where} does not match config.model ({'; '.join(changed[:3])}); "
-            "fine-tune with the pretraining run's model settings"
+            f"the checkpoint {where} does not match config.model ({differences}); fine-tune "
+            f"with the pretraining run's model settings, e.g. --config.model.{key}={saved}"
         )
 
 
