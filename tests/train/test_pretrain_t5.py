@@ -1,17 +1,17 @@
 """A tiny T5 pretrained with span corruption on SST-2 sentences: the loss falls, and on
-held-out sentences it fills every sentinel it is given, in order, with corpus words."""
+held-out sentences it fills every sentinel it is given, in order, with corpus words;
+fine-tuned text-to-text on 2,000 labelled sentences, it beats the majority class on
+SST-2 dev, both by the label it generates and by ranking the label likelihoods."""
 
 import collections
-import os
 
 import numpy as np
 import pytest
 
-from t5x_lite import config as config_lib
 from t5x_lite.data import inputs
 from t5x_lite.downstream import search
 from t5x_lite.train import trainer
-from tests.train.test_trainer import PRETRAIN
+from tests.train.test_finetune_sst2 import finetune_sst2, sst2_pretraining
 
 INPUTS_LENGTH, TARGETS_LENGTH = 64, 16
 
@@ -88,14 +88,11 @@ def well_formed_share(examples, outputs, sentinels, eos_id):
 
 @pytest.mark.slow
 @pytest.mark.longest
-def test_tiny_t5_on_sst2_fills_sentinels(tmp_path, shared_data_dir):
-    config = config_lib.load(
-        f"{PRETRAIN}:t5_tiny",
+def test_tiny_t5_on_sst2_fills_sentinels_then_classifies_text_to_text(tmp_path, shared_data_dir):
+    config = sst2_pretraining(
+        "t5_tiny",
+        shared_data_dir,
         [
-            ("data.train.kind", "tsv"),
-            ("data.train.column", "sentence"),
-            ("data.train.path", os.path.join(shared_data_dir, "sst2", "train.tsv")),
-            ("data.heldout_docs", "500"),
             ("data.batch_size", "32"),
             ("tokenizer.vocab_size", "1000"),
             ("objective.inputs_length", str(INPUTS_LENGTH)),
@@ -103,10 +100,6 @@ def test_tiny_t5_on_sst2_fills_sentinels(tmp_path, shared_data_dir):
             ("optimizer.warmup_steps", "100"),
             ("train.num_steps", "400"),
             ("train.eval_every", "100"),
-            ("train.eval_batches", "0"),
-            ("train.log_every", "100"),
-            ("train.checkpoint_every", "0"),
-            ("train.progress_bar", "false"),
         ],
     )
     result = trainer.train(config, str(tmp_path / "run"))
@@ -161,3 +154,14 @@ def test_tiny_t5_on_sst2_fills_sentinels(tmp_path, shared_data_dir):
     assert all(share >= 0.9 for share, _ in shares.values()), shares
     for example, output in list(zip(examples, outputs))[:5]:  # for `pytest -s`
         print(tokenizer.decode(example["encoder_input_tokens"]), "->", tokenizer.decode(output))
+
+    # Then T5's recipe: "sst2 sentence: ..." -> "positive" / "negative": 0.67 both ways
+    # against the majority class's 0.51, and every generated answer is a label word.
+    same_model = [("model.vocab_size", "1000")]
+    metrics = finetune_sst2(
+        "t5_tiny_sst2", tmp_path / "run", shared_data_dir, tmp_path / "sst2", same_model
+    )
+    majority = metrics["ranked"]["majority_class_accuracy"]
+    assert metrics["ranked"]["accuracy"] > majority + 0.05, metrics
+    assert metrics["generated"]["accuracy"] > majority + 0.05, metrics
+    assert metrics["generated"]["invalid"] < 0.05, metrics
