@@ -7,10 +7,11 @@ k labelled demonstrations (no parameter is updated):
     t5x-lite icl --config=gin_configs/icl.py:sst2 --config.icl.checkpoint=runs/gpt \
         --workdir=runs/gpt_icl
 
-`icl` prints shots -> accuracy and macro-F1 (with the eval split's majority-class accuracy
-for reference) and, given --workdir, writes them to `<workdir>/icl_metrics.json`. The
-checkpoint is a decoder_only or encoder_decoder run; encoder_only models cannot generate
-a label word. Prompts are built as t5x_lite/downstream/icl.py's docstring shows.
+`icl` prints shots -> accuracy, macro-F1 and the mean number of demonstrations that fit
+the model's context (with the eval split's majority-class accuracy for reference) and,
+given --workdir, writes them to `<workdir>/icl_metrics.json`. The checkpoint is a
+decoder_only or encoder_decoder run; encoder_only models cannot generate a label word.
+Prompts are built as t5x_lite/downstream/icl.py's docstring shows.
 
 Variants:
   sst2        SST-2 (GLUE TSV files under $T5X_LITE_DATA_DIR/sst2), 0/1/4/8 shots.
@@ -42,6 +43,10 @@ def icl_config(task: dict, template: str) -> ml_collections.ConfigDict:
         template=template,
         seed=0,  # eval example i at k shots draws its demonstrations with [seed, k, i]
         batch_size=16,  # scoring rows per forward pass
+        # A decoder prompt longer than the model's context: True drops its first
+        # demonstrations until it fits (the report gives the mean shots actually used),
+        # False stops with an error.
+        fit_context=True,
     )
     return config
 

@@ -300,6 +300,7 @@ def cmd_icl(args, extra) -> None:
         seed=config.icl.seed,
         batch_size=config.icl.batch_size,
         decoder_start_id=run.tokenizer.bos_id,
+        fit_context=config.icl.fit_context,
     )
     _report_icl(config, run, eval_examples, results, args.workdir)
 
@@ -317,9 +318,9 @@ def _report_icl(config, run, eval_examples, results, workdir: str | None) -> Non
         f"in-context learning: {config.icl.checkpoint} ({run.config.model.arch}) on "
         f"{config.task.eval.path} ({len(eval_examples)} examples)"
     )
-    print(f"{'shots':>5}  {'accuracy':>8}  {'macro_f1':>8}")
-    for k, metrics in results.items():
-        print(f"{k:>5}  {metrics['accuracy']:>8.4f}  {metrics['macro_f1']:>8.4f}")
+    print(f"{'shots':>5}  {'accuracy':>8}  {'macro_f1':>8}  {'mean shots used':>15}")
+    for k, m in results.items():
+        print(f"{k:>5}  {m['accuracy']:>8.4f}  {m['macro_f1']:>8.4f}  {m['mean_shots']:>15.2f}")
     print(f"majority class accuracy: {majority:.4f}")
     if not workdir:
         return
@@ -329,7 +330,8 @@ def _report_icl(config, run, eval_examples, results, workdir: str | None) -> Non
         majority_class_accuracy=majority,
         shots={
             str(k): {
-                key: metrics[key] for key in ("accuracy", "macro_f1", "num_examples", "predictions")
+                key: metrics[key]
+                for key in ("accuracy", "macro_f1", "num_examples", "mean_shots", "predictions")
             }
             for k, metrics in results.items()
         },

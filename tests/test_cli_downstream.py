@@ -220,15 +220,17 @@ def test_icl_prints_accuracy_per_shot_and_writes_json(runs, capsys, tmp_path, ss
     status, out, _ = run_cli(capsys, *icl_args(runs["gpt"], path), f"--workdir={out_dir}")
     assert status == 0
     lines = out.splitlines()
-    assert lines[1].split() == ["shots", "accuracy", "macro_f1"]
+    assert lines[1].split() == ["shots", "accuracy", "macro_f1", "mean", "shots", "used"]
     assert [line.split()[0] for line in lines[2:4]] == ["0", "2"]
-    assert all(0 <= float(value) <= 1 for line in lines[2:4] for value in line.split()[1:])
+    assert all(0 <= float(value) <= 1 for line in lines[2:4] for value in line.split()[1:3])
+    assert [float(line.split()[3]) for line in lines[2:4]] == [0.0, 2.0]  # short rows fit
     assert lines[4] == f"majority class accuracy: {majority:.4f}"
     report = json.loads((out_dir / "icl_metrics.json").read_text())
     assert sorted(report["shots"]) == ["0", "2"]
     for metrics in report["shots"].values():
         assert metrics["num_examples"] == 20 and len(metrics["predictions"]) == 20
         assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["macro_f1"] <= 1
+    assert [report["shots"][k]["mean_shots"] for k in ("0", "2")] == [0.0, 2.0]
     assert report["majority_class_accuracy"] == pytest.approx(majority)
     assert report["config"]["icl"]["shots"] == [0, 2]
 

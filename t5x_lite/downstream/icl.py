@@ -119,8 +119,8 @@ def classify(
             if length > model.max_len:
                 raise UserError(
                     f"prompt {index} is {length} tokens with BOS and its longest label word "
-                    f"but the model's context is {model.max_len}; use fewer shots or a "
-                    "shorter template"
+                    f"but the model's context is {model.max_len}; use fewer shots, a "
+                    "shorter template, or config.icl.fit_context=True"
                 )
         contexts = [np.concatenate([[tokenizer.bos_id], ids]) for ids in prompt_ids]
         scores = scoring.decoder_log_likelihoods(
@@ -160,13 +160,17 @@ def evaluate(
     seed: int,
     batch_size: int,
     decoder_start_id: int | None = None,
+    fit_context: bool = False,
 ) -> dict[int, dict]:
     """For each k in `shots`: {'accuracy', 'macro_f1', 'num_examples', 'predictions'
-    (label index per test example), 'log_likelihoods' [num_test, num_labels]}.
+    (label index per test example), 'log_likelihoods' [num_test, num_labels],
+    'mean_shots' (demonstrations actually in the prompts)}.
 
     Test example i gets its own k demonstrations, drawn with
     np.random.default_rng([seed, k, i]): the draw for one example does not depend on
-    the others, nor on which other k are evaluated.
+    the others, nor on which other k are evaluated. A decoder prompt longer than the
+    model's context is an error, unless `fit_context`: then its first demonstrations
+    are dropped until it fits (GPT-3 used as many as fit its window).
     """
     if not test_examples:
         raise UserError("no test examples to evaluate in-context learning on")
@@ -177,16 +181,17 @@ def evaluate(
             f"{len(label_words)} label words; in-context evaluation needs a classification task"
         )
     results = {}
+    fit = _context_fitter(family, model, tokenizer, label_words) if fit_context else None
     for k in shots:
-        prompts = [
-            build_prompt(
-                template,
-                choose_demonstrations(train_examples, k, np.random.default_rng([seed, k, i])),
-                example,
-                label_words,
-            )
-            for i, example in enumerate(test_examples)
-        ]
+        prompts, used = [], []
+        for i, example in enumerate(test_examples):
+            demos = choose_demonstrations(train_examples, k, np.random.default_rng([seed, k, i]))
+            prompt = build_prompt(template, demos, example, label_words)
+            while fit and demos and not fit(prompt):
+                demos = demos[1:]
+                prompt = build_prompt(template, demos, example, label_words)
+            prompts.append(prompt)
+            used.append(len(demos))
         log_likelihoods = classify(
             family,
             model,
@@ -204,5 +209,15 @@ def evaluate(
             "num_examples": len(test_examples),
             "predictions": predictions.tolist(),
             "log_likelihoods": log_likelihoods,
+            "mean_shots": float(np.mean(used)),
         }
     return results
+
+
+def _context_fitter(family: str, model, tokenizer, label_words: Sequence[str]):
+    """prompt -> whether BOS + prompt + the longest label word fit a decoder's context;
+    None for encoder-decoders (relative positions: no fixed context)."""
+    if family != "decoder_only":
+        return None
+    longest_word = max(len(ids) for ids in tokenizer.encode_batch(list(label_words)))
+    return lambda prompt: 1 + len(tokenizer.encode(prompt)) + longest_word <= model.max_len

@@ -113,6 +113,43 @@ def test_decoder_classify_equals_scorer_and_evaluate_reads_only(tokenizer):
     assert checksum(params) == before
 
 
+def test_fit_context_drops_the_first_demonstrations(tokenizer):
+    # With BOS and the longest label word, 3 demonstrations and the query take 56 tokens
+    # and 4 take 70: over DECODER's context of 64, so each 4-shot prompt loses its first.
+    params = random_params(DECODER)
+    lengths = [
+        1 + len(tokenizer.encode(icl.build_prompt(TEMPLATE, TRAIN[:k], TEST[0], WORDS))) + 1
+        for k in (3, 4)
+    ]
+    assert lengths == [56, 70] and [len(tokenizer.encode(w)) for w in WORDS] == [1, 1]
+    options = dict(shots=[4], template=TEMPLATE, label_words=WORDS, seed=0, batch_size=4)
+    with pytest.raises(UserError, match="or config.icl.fit_context=True$"):
+        icl.evaluate("decoder_only", DECODER, params, tokenizer, TRAIN, TEST, **options)
+    results = icl.evaluate(
+        "decoder_only", DECODER, params, tokenizer, TRAIN, TEST, fit_context=True, **options
+    )
+    assert results[4]["mean_shots"] == 3.0
+    prompts = [
+        icl.build_prompt(
+            TEMPLATE,
+            icl.choose_demonstrations(TRAIN, 4, np.random.default_rng([0, 4, i]))[1:],
+            example,
+            WORDS,
+        )
+        for i, example in enumerate(TEST)
+    ]
+    expected = icl.classify(
+        "decoder_only", DECODER, params, tokenizer, prompts, WORDS, batch_size=2
+    )
+    np.testing.assert_allclose(results[4]["log_likelihoods"], expected, rtol=0, atol=1e-9)
+    # Encoder-decoders have no fixed context: nothing is dropped.
+    t5 = icl.evaluate(
+        "encoder_decoder", ENCODER_DECODER, random_params(ENCODER_DECODER), tokenizer, TRAIN,
+        TEST, fit_context=True, decoder_start_id=tokenizer.bos_id, **options,
+    )  # fmt: skip
+    assert t5[4]["mean_shots"] == 4.0
+
+
 def test_encoder_decoder_classify_equals_scorer(tokenizer):
     params = random_params(ENCODER_DECODER)
     prompt = icl.build_prompt(TEMPLATE, TRAIN[:2], TEST[0], WORDS)
