@@ -142,6 +142,11 @@ def test_each_epoch_is_a_new_permutation():
     epochs = [order[0:30], order[30:60], order[60:90]]
     assert all(sorted(epoch) == list(range(10, 40)) for epoch in epochs)
     assert epochs[0] != epochs[1] != epochs[2] and epochs[0] != list(range(10, 40))
+    # Two documents (overfitting a tiny corpus): each epoch has both, in either order.
+    order = doc_order(build(["10", "11"], NumberTokenizer(), objective, batch_size=1,
+                            num_epochs=40))  # fmt: skip
+    epochs = {tuple(order[i : i + 2]) for i in range(0, 80, 2)}
+    assert epochs == {(10, 11), (11, 10)}
 
 
 def test_objective_rng_is_fresh_each_epoch_and_repeatable():
@@ -184,9 +189,8 @@ def test_other_document_is_another_of_the_same_shard():
     docs = [str(i) for i in range(10, 22)]
     objective = OtherDocumentLM(seq_len=3, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
     for shard_index in range(2):
-        # No shuffle: grain's index shuffle costs milliseconds per element on 6 documents.
         batches = build(docs, NumberTokenizer(), objective, batch_size=1, num_epochs=16,
-                        shuffle=False, shard_index=shard_index, shard_count=2)  # fmt: skip
+                        shard_index=shard_index, shard_count=2)  # fmt: skip
         pairs = np.array([b["decoder_target_tokens"][0, :2] for b in batches])  # [n, 2]
         shard = {int(d) for d in docs[shard_index::2]}
         assert set(pairs[:, 0]) == shard and set(pairs[:, 1]) == shard
