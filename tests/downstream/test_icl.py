@@ -141,7 +141,8 @@ def test_fit_context_drops_the_first_demonstrations(tokenizer):
     expected = icl.classify(
         "decoder_only", DECODER, params, tokenizer, prompts, WORDS, batch_size=2
     )
-    np.testing.assert_allclose(results[4]["log_likelihoods"], expected, rtol=0, atol=1e-9)
+    # Another batch size compiles another program: equal up to float32 rounding.
+    np.testing.assert_allclose(results[4]["log_likelihoods"], expected, rtol=0, atol=1e-5)
     # Encoder-decoders have no fixed context: nothing is dropped.
     t5 = icl.evaluate(
         "encoder_decoder", ENCODER_DECODER, random_params(ENCODER_DECODER), tokenizer, TRAIN,
