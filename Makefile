@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Tests run on 2 worker processes; JAX inside each stays on the CPU.
-PYTEST_ARGS ?= -n 2 --durations=15
+# Tests run on 2 worker processes; JAX inside each stays on the CPU. loadgroup keeps a
+# module marked xdist_group on one worker (its module fixtures run once); the order is
+# the collection order, longest tests first (tests/conftest.py).
+PYTEST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 .PHONY: install demo test test-fast lint fmt bench clean
 

@@ -1,6 +1,14 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and how the suite spends its two cores.
+
+Most tests run tiny models for a few steps: compiling dominates them, and XLA's cheap
+compile settings (`CHEAP_COMPILE`) take a fifth off the suite. The end-to-end checks
+marked `full_speed` train for minutes, where those settings would make every step 2.4x
+slower, so each runs in a pytest subprocess of its own with the caller's XLA flags.
+"""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,11 +18,46 @@ _RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", f"/tmp/t5x_lite_test_jax_cache_{_RUN_ID}")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+CHEAP_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# The XLA flags the suite was started with, kept by the first process (xdist's workers
+# inherit the controller's environment, cheap flags included).
+_CALLER_XLA_FLAGS = os.environ.setdefault(
+    "T5X_LITE_TEST_CALLER_XLA_FLAGS", os.environ.get("XLA_FLAGS", "")
+)
+_OWN_PROCESS = "T5X_LITE_TEST_OWN_PROCESS"  # set in a full_speed test's own process
+if _OWN_PROCESS not in os.environ:  # before any test module imports JAX
+    os.environ["XLA_FLAGS"] = f"{_CALLER_XLA_FLAGS} {CHEAP_COMPILE}".strip()
+
 
 def pytest_collection_modifyitems(config, items):
     """Longest tests first, so that xdist starts them at once on different workers and
     the many short tests fill in around them instead of queueing after them."""
     items.sort(key=lambda item: item.get_closest_marker("longest") is None)
+    if _OWN_PROCESS not in os.environ:
+        for item in items:
+            if item.get_closest_marker("full_speed"):
+                item.runtest = _in_own_process(item)
+
+
+def _in_own_process(item):
+    """item.runtest replaced by one that runs the test in `pytest` in a subprocess."""
+
+    def runtest():
+        env = {**os.environ, "XLA_FLAGS": _CALLER_XLA_FLAGS, _OWN_PROCESS: "1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+             "-p", "no:xdist", f"--rootdir={item.config.rootpath}", item.nodeid],
+            cwd=item.config.rootpath, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        sys.stdout.write(proc.stdout)  # captured by the caller as the test's output
+        sys.stderr.write(proc.stderr)
+        summary = (proc.stdout.strip().splitlines()[-1:] or ["no output"])[0]
+        if proc.returncode != 0:
+            pytest.fail(f"in its own process: {summary} (output below)", pytrace=False)
+        if " skipped" in summary and " passed" not in summary:
+            pytest.skip(f"in its own process: {summary}")
+
+    return runtest
 
 
 def data_dir() -> str:

@@ -11,6 +11,10 @@ import pytest
 
 from t5x_lite.main import main
 
+# One xdist worker runs the whole module (`--dist loadgroup`), so the module-scoped
+# pretraining fixture below runs once, not once per worker.
+pytestmark = pytest.mark.xdist_group("cli_downstream")
+
 # The corpus also holds the in-context prompts' words: with 500 pieces they are whole
 # pieces, so that a 2-shot prompt fits GPT's 64-token context.
 WORDS = [

@@ -18,6 +18,9 @@ from t5x_lite.train import checkpoints, finetuning, trainer
 from .test_trainer import ROOT, tiny_config
 
 FINETUNE = os.path.join(ROOT, "gin_configs", "finetune.py")
+# One xdist worker runs the whole module (`--dist loadgroup`), so the module-scoped
+# pretraining fixture below runs once, not once per worker.
+pytestmark = pytest.mark.xdist_group("finetuning")
 SMALL_MODEL = {
     "model.d_model": 32,
     "model.num_layers": 2,

@@ -23,6 +23,7 @@ def most_frequent_target_accuracy(config, run) -> float:
 
 @pytest.mark.slow
 @pytest.mark.longest
+@pytest.mark.full_speed
 def test_tiny_bert_on_sst2_beats_the_frequent_token_then_the_majority(tmp_path, shared_data_dir):
     # RoBERTa-style (no NSP): MLM predicts the unigram distribution for ~400 steps, then
     # starts using the context; by 700 steps held-out accuracy is 10.1%, 4.4x the 2.3%
