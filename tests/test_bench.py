@@ -35,3 +35,45 @@ def test_bench_runs_and_reports_consistent_figures():
     assert result.model_tflops == pytest.approx(expected)
     assert result.mfu == pytest.approx(result.model_tflops / 1.0)
     assert result.peak_source == "given" and result.state_memory_mb > 0
+
+
+def test_encoder_decoder_flops_by_hand():
+    model = ml_collections.ConfigDict(
+        dict(d_model=512, num_heads=6, head_dim=64, d_ff=1024, num_encoder_layers=8,
+             num_decoder_layers=8, vocab_size=32128, mlp="gated_gelu")
+    )  # fmt: skip
+    # T5 1.1 small, 512 inputs and 114 targets. Attention projections 4 * 512 * 384; the
+    # gated MLP has three matrices; the decoder adds cross-attention and the output layer.
+    attn, mlp = 4 * 512 * 384, 3 * 512 * 1024
+    encoder_token = 6 * 8 * (attn + mlp) + 12 * 8 * 512 * 384
+    decoder_token = 6 * (8 * (2 * attn + mlp) + 32128 * 512) + 12 * 8 * (114 + 512) * 384
+    expected = 512 * encoder_token + 114 * decoder_token
+    assert bench.encoder_decoder_flops(model, 512, 114) == expected
+    # ReLU MLPs (T5 1.0) have two matrices.
+    model.mlp = "relu"
+    relu = bench.encoder_decoder_flops(model, 512, 114)
+    assert expected - relu == 6 * 512 * 1024 * 8 * (512 + 114)
+
+
+@pytest.mark.parametrize(
+    "variant, lengths, row_tokens",
+    [
+        ("roberta_tiny", [("objective.seq_len", "16")], 16),
+        ("t5_tiny", [("objective.inputs_length", "16"), ("objective.targets_length", "8")], 24),
+    ],
+)
+def test_bench_runs_every_family(variant, lengths, row_tokens):
+    config = config_lib.load(
+        f"{PRETRAIN}:{variant}",
+        [("data.batch_size", "2"), ("tokenizer.vocab_size", "512"), *lengths],
+    )
+    result = bench.benchmark(config, steps=1, peak_tflops=1.0)
+    assert result.tokens_per_s == pytest.approx(2 * row_tokens / result.step_time_s)
+    if variant == "t5_tiny":
+        row_flops = bench.encoder_decoder_flops(config.model, 16, 8)
+    else:  # the MLM head's d x d transform on top of the layers
+        row_flops = 16 * bench.flops_per_token(config.model, 16)
+        assert bench.flops_per_token(config.model, 16) == pytest.approx(
+            6 * (2 * (4 * 128 * 128 + 2 * 128 * 512) + 512 * 128 + 128 * 128) + 12 * 2 * 16 * 128
+        )
+    assert result.model_flops_per_token == pytest.approx(row_flops / row_tokens)
