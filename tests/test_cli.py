@@ -216,8 +216,13 @@ def test_interrupt_keeps_the_latest_checkpoint_and_resumes(tmp_path, corpus, sig
     assert proc.returncode == 130, stderr[-2000:]
     (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
     assert "interrupted" in line and "rerun the same command" in line
+    assert "stopping after this step" in stderr
     latest = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
     assert latest >= 6
+    # It stopped between steps and checkpointed the step it had finished, not only the
+    # last multiple of checkpoint_every: the metrics end at the checkpointed step.
+    logged = [json.loads(x)["step"] for x in open(workdir / "metrics.jsonl")]
+    assert logged[-1] == latest, (logged[-3:], latest)
     # The latest checkpoint restores: a rerun continues from it to a new end.
     out = cli(*args, f"--config.train.num_steps={latest + 2}")
     assert out.returncode == 0, out.stderr[-2000:]

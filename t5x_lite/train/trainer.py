@@ -6,7 +6,11 @@ init, step functions, restore, loop (with evals, metrics and checkpoints).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import sys
+import threading
 import time
 
 import flax.linen as nn
@@ -309,7 +313,8 @@ def train(config, workdir: str) -> TrainResult:
     writer = metrics_lib.MetricWriter(workdir, start)
     loop = _Loop(run, ckpt, writer, train_iter, train_step, eval_step, eval_ds)
     try:
-        state = loop.execute(state, start)
+        with _stop_requests() as stop:
+            state = loop.execute(state, start, stop)
     except KeyboardInterrupt:
         ckpt.close()  # lets a save in flight finish; a half-written step is never "latest"
         raise Interrupted(
@@ -322,6 +327,35 @@ def train(config, workdir: str) -> TrainResult:
     return TrainResult(run, state, loop.history, workdir)
 
 
+@contextlib.contextmanager
+def _stop_requests():
+    """While the loop runs, Ctrl-C or SIGTERM only asks it to stop after the current
+    step; the loop then checkpoints that step and raises KeyboardInterrupt. A second
+    signal raises at once. (Raising at an arbitrary bytecode could land inside orbax's
+    save machinery and leave `close` waiting forever.)"""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be set from the main thread
+        return
+
+    def handle(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print(
+            f"{signal.Signals(signum).name}: stopping after this step (again to stop now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class _Loop:
     """The step loop: feed batches, log every `log_every`, evaluate, checkpoint."""
 
@@ -331,7 +365,7 @@ class _Loop:
         self.eval_ds = eval_ds
         self.history: list[dict] = []
 
-    def execute(self, state, start: int):
+    def execute(self, state, start: int, stop: threading.Event):
         cfg = self.run.config.train
         progress = metrics_lib.Progress(start, cfg.num_steps, cfg.progress_bar)
         pending, tokens, tick, last_logged = None, 0, time.perf_counter(), start
@@ -347,7 +381,8 @@ class _Loop:
                     else jax.tree.map(lambda a, b: a + b, pending, step_metrics)
                 )
                 tokens += host_batch[next(iter(host_batch))].size * jax.process_count()
-                if step % cfg.log_every == 0 or step == cfg.num_steps:
+                stopping = stop.is_set()
+                if step % cfg.log_every == 0 or step == cfg.num_steps or stopping:
                     now = time.perf_counter()
                     row = self._log(step, pending, step - last_logged, tokens / (now - tick))
                     term = self.run.objective.loss_terms[0].name
@@ -371,8 +406,11 @@ class _Loop:
                     state,
                     self.train_iter.get_state(),
                     self.run.config,
-                    force=step == cfg.num_steps,
+                    force=step == cfg.num_steps or stopping,
                 )
+                if stopping:
+                    progress.close()
+                    raise KeyboardInterrupt
         progress.close()
         return state
 
