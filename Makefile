@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # the collection order, longest tests first (tests/conftest.py).
 PYTEST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
-.PHONY: install demo test test-fast lint fmt bench clean
+.PHONY: install demo test test-e2e test-fast lint fmt bench clean
 
 install: $(STAMP)
 
@@ -21,11 +21,15 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/t5x-lite demo --workdir=runs/demo
 
-# Everything, slow end-to-end checks included (what CI runs).
+# Every test but the three multi-minute SST-2 pretrain-then-fine-tune runs (~5 min).
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not e2e" tests
 
-# Skip the end-to-end checks marked slow.
+# Those three (~6 min; they need T5X_LITE_DATA_DIR). CI runs them after `make test`.
+test-e2e: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) -m e2e tests
+
+# Skip every end-to-end check marked slow (~4 min).
 test-fast: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
 

@@ -30,9 +30,15 @@ if _OWN_PROCESS not in os.environ:  # before any test module imports JAX
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest tests first, so that xdist starts them at once on different workers and
-    the many short tests fill in around them instead of queueing after them."""
-    items.sort(key=lambda item: item.get_closest_marker("longest") is None)
+    """Longest tests first (`e2e`, then `longest`), so that xdist starts them at once on
+    different workers and the many short tests fill in around them instead of queueing
+    after them."""
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("e2e") is None,
+            item.get_closest_marker("longest") is None,
+        )
+    )
     if _OWN_PROCESS not in os.environ:
         for item in items:
             if item.get_closest_marker("full_speed"):

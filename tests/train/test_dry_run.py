@@ -49,6 +49,7 @@ def test_one_device_report():
 
 
 @pytest.mark.slow
+@pytest.mark.longest  # the first caller runs every 8-device check (~80 s)
 def test_fsdp_shards_bytes_per_device():
     text = multi_device_checks.results()["dry_run"]  # gpt_tiny on (data, fsdp, tensor) = (2, 4, 1)
     assert text.startswith("mesh: data=2 fsdp=4 tensor=1 (8 x ")

@@ -65,7 +65,7 @@ def finetune_sst2(variant, pretrained_workdir, shared_data_dir, workdir, overrid
 
 
 @pytest.mark.slow
-@pytest.mark.longest
+@pytest.mark.e2e
 @pytest.mark.full_speed
 def test_tiny_gpt_pretrained_on_sst2_then_finetuned_beats_the_majority(tmp_path, shared_data_dir):
     config = sst2_pretraining(

@@ -152,6 +152,7 @@ def _losses(workdir, key) -> dict[int, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_two_processes_resume_on_one(tmp_path):
     corpus = tmp_path / "corpus.txt"
     syllables = ["ka", "lo", "mi", "ren", "tas", "po", "qui", "sel", "dor", "va", "ne", "zu"]

@@ -22,7 +22,7 @@ def most_frequent_target_accuracy(config, run) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.longest
+@pytest.mark.e2e
 @pytest.mark.full_speed
 def test_tiny_bert_on_sst2_beats_the_frequent_token_then_the_majority(tmp_path, shared_data_dir):
     # RoBERTa-style (no NSP): MLM predicts the unigram distribution for ~400 steps, then

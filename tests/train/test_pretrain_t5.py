@@ -87,7 +87,7 @@ def well_formed_share(examples, outputs, sentinels, eos_id):
 
 
 @pytest.mark.slow
-@pytest.mark.longest
+@pytest.mark.e2e
 @pytest.mark.full_speed
 def test_tiny_t5_on_sst2_fills_sentinels_then_classifies_text_to_text(tmp_path, shared_data_dir):
     config = sst2_pretraining(
