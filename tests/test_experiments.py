@@ -1,0 +1,91 @@
+"""experiments/: every command a sweep prints is a config that loads, and the tables are
+built from the runs' metrics files as written."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from t5x_lite import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sst2_transfer = load_script("sst2_transfer.py")
+
+
+def config_of(command):
+    """A printed `t5x-lite ...` command -> the config it would run (keys are checked)."""
+    (spec,) = [a.split("=", 1)[1] for a in command if a.startswith("--config=")]
+    overrides = [
+        tuple(a[len("--config.") :].split("=", 1)) for a in command if a.startswith("--config.")
+    ]
+    return config_lib.load(os.path.join(ROOT, spec), overrides)
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "t5"])
+def test_sst2_transfer_commands_are_configs_that_load(family, tmp_path):
+    pretrain = sst2_transfer.pretrain_command(family, "/data", str(tmp_path / "pre"))
+    config = config_of(pretrain)
+    assert pretrain[:2] == ["t5x-lite", "train"]
+    assert config.data.train.path == "/data/sst2/train.tsv"
+    assert config.train.eval_every == config.train.num_steps  # one held-out score, at the end
+    settings = sst2_transfer.settings_of(family)
+    assert settings == (
+        ["pretrained", "random"] if family == "t5" else list(sst2_transfer.SETTINGS)
+    )
+    for setting in settings:
+        command = sst2_transfer.finetune_command(
+            family, setting, "/data", str(tmp_path / "pre"), str(tmp_path / setting)
+        )
+        tuned = config_of(command)
+        assert tuned.finetune.checkpoint == str(tmp_path / "pre")
+        assert tuned.finetune.init == ("random" if setting == "random" else "pretrained")
+        assert tuned.finetune.freeze_body == (setting == "frozen")
+        assert tuned.task.train.max_examples == 2000
+        # The shapes the checkpoint fixes agree with the pretraining run's.
+        assert tuned.model.vocab_size == config.tokenizer.vocab_size
+        if "max_len" in tuned.model and family != "t5":
+            assert tuned.model.max_len == config.objective.seq_len
+
+
+def test_sst2_transfer_table_from_metrics(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(
+        json.dumps({"step": 100, "train/lm/loss": 6.0})
+        + "\n"
+        + json.dumps({"step": 400, "eval/lm/loss": 4.781, "eval/lm/accuracy": 0.1})
+        + "\n"
+    )
+    classifier = {"classifier": {"accuracy": 0.6479, "majority_class_accuracy": 0.5092}}
+    t5 = {"generated": {"accuracy": 0.6502}, "ranked": {"accuracy": 0.6491}}
+    results = {
+        "gpt": {
+            "pretraining": sst2_transfer.pretraining_summary("gpt", str(log)),
+            "pretrained": classifier,
+            "random": {"classifier": {"accuracy": 0.6}},
+            "frozen": {"classifier": {"accuracy": 0.5149}},
+        },
+        "t5": {"pretraining": "p", "pretrained": t5, "random": t5},
+    }
+    lines = sst2_transfer.table(results).splitlines()
+    assert lines[2] == (
+        "| GPT | `gpt_tiny`, 400 steps; held-out loss 4.78 | 64.8% | 60.0% | 51.5% |"
+    )
+    assert (
+        lines[3] == "| T5 | p | 65.0% generated, 64.9% ranked | 65.0% generated, 64.9% ranked | - |"
+    )
+
+
+def test_sst2_transfer_without_data_says_where_to_point(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sst2_transfer.main([f"--data_dir={tmp_path}", "--print_only"])
+    assert "has no sst2/train.tsv" in capsys.readouterr().err
