@@ -504,7 +504,8 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def run() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # A preempted or killed job (SIGTERM) stops the way Ctrl-C does: cleanly, between steps.
+    # A preempted or killed job (SIGTERM) stops the way Ctrl-C does (the training loop
+    # turns both into a stop after the current step; see trainer._stop_requests).
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     sys.exit(main())
 
