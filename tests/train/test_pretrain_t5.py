@@ -106,7 +106,7 @@ def test_tiny_t5_on_sst2_fills_sentinels_then_classifies_text_to_text(tmp_path, 
     result = trainer.train(config, str(tmp_path / "run"))
     run, params, tokenizer = result.run, result.state.params, result.run.tokenizer
     evals = [h["eval/lm/loss"] for h in result.history if "eval/lm/loss" in h]
-    # ~3.6 after 100 steps, ~3.3 after 400 (ln 1000 = 6.9 at the start).
+    # ~3.5 after 100 steps, ~3.1 after 400 (ln 1000 = 6.9 at the start).
     assert len(evals) == 4 and evals[-1] < evals[0] - 0.2, evals
 
     examples, batch = corrupted_heldout(config, run)
@@ -145,7 +145,8 @@ def test_tiny_t5_on_sst2_fills_sentinels_then_classifies_text_to_text(tmp_path, 
     ]
     known, baseline_known = (np.mean([w in corpus_words for w in ws]) for ws in (filled, baseline))
     print(f"filled words in the corpus: {known:.3f} (random pieces: {baseline_known:.3f})")
-    assert len(filled) > len(examples) and known > 0.5 and known > baseline_known + 0.2
+    # 0.52 against 0.22: more than twice as often as random pieces of the true lengths.
+    assert len(filled) > len(examples) and known > 2 * baseline_known + 0.05
 
     # Beam search decodes the same model just as well.
     subset = {name: values[:200] for name, values in batch.items()}
@@ -156,7 +157,7 @@ def test_tiny_t5_on_sst2_fills_sentinels_then_classifies_text_to_text(tmp_path, 
     for example, output in list(zip(examples, outputs))[:5]:  # for `pytest -s`
         print(tokenizer.decode(example["encoder_input_tokens"]), "->", tokenizer.decode(output))
 
-    # Then T5's recipe: "sst2 sentence: ..." -> "positive" / "negative": 0.67 both ways
+    # Then T5's recipe: "sst2 sentence: ..." -> "positive" / "negative": 0.65 both ways
     # against the majority class's 0.51, and every generated answer is a label word.
     same_model = [("model.vocab_size", "1000")]
     metrics = finetune_sst2(
