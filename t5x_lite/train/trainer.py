@@ -327,6 +327,19 @@ def train(config, workdir: str) -> TrainResult:
     return TrainResult(run, state, loop.history, workdir)
 
 
+def _stop_agreed(stop: threading.Event, step: int, every: int) -> bool:
+    """Whether the loop stops after `step`. One process checks its own request every
+    step. The processes of a job agree every `every` steps (train.log_every, when the
+    metrics come to the host anyway): a signal that reached any of them, or reached them
+    between different steps, stops all of them after the same step, so they checkpoint
+    it together instead of waiting on each other's collectives."""
+    if jax.process_count() == 1:
+        return stop.is_set()
+    if step % every:
+        return False
+    return bool(distributed.max_over_processes(int(stop.is_set())))
+
+
 @contextlib.contextmanager
 def _stop_requests():
     """While the loop runs, Ctrl-C or SIGTERM only asks it to stop after the current
@@ -381,7 +394,7 @@ class _Loop:
                     else jax.tree.map(lambda a, b: a + b, pending, step_metrics)
                 )
                 tokens += host_batch[next(iter(host_batch))].size * jax.process_count()
-                stopping = stop.is_set()
+                stopping = _stop_agreed(stop, step, cfg.log_every)
                 if step % cfg.log_every == 0 or step == cfg.num_steps or stopping:
                     now = time.perf_counter()
                     row = self._log(step, pending, step - last_logged, tokens / (now - tick))

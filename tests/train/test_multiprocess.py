@@ -1,12 +1,15 @@
-"""Multi-process runs: `distributed.initialize` from the config, and a two-process CPU run
-on localhost whose checkpoint resumes on one process with the same losses."""
+"""Multi-process runs: `distributed.initialize` from the config, a two-process CPU run
+on localhost whose checkpoint resumes on one process with the same losses, and a signal
+to one process that stops both after the same step."""
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -151,9 +154,8 @@ def _losses(workdir, key) -> dict[int, float]:
     return {row["step"]: row[key] for row in rows if key in row}
 
 
-@pytest.mark.slow
-@pytest.mark.longest
-def test_two_processes_resume_on_one(tmp_path):
+def _job_args(tmp_path, workdir):
+    """A corpus, its tokenizer, and the `train` arguments of a tiny GPT job on them."""
     corpus = tmp_path / "corpus.txt"
     syllables = ["ka", "lo", "mi", "ren", "tas", "po", "qui", "sel", "dor", "va", "ne", "zu"]
     words = [a + b + c for a in syllables for b in syllables[3:8] for c in syllables[5:]]
@@ -169,13 +171,19 @@ def test_two_processes_resume_on_one(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert tokenizer.returncode == 0, tokenizer.stderr[-2000:]
-    workdir = tmp_path / "two"
-    args = [
+    return [
         "train", "--config=gin_configs/pretrain.py:gpt_tiny", f"--workdir={workdir}",
         "--config.data.train.kind=text", f"--config.data.train.path={corpus}",
         "--config.data.train.doc_mode=line", f"--config.tokenizer.path={tmp_path / 'tok.model'}",
         *TINY,
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.longest
+def test_two_processes_resume_on_one(tmp_path):
+    workdir = tmp_path / "two"
+    args = _job_args(tmp_path, workdir)
     address = f"localhost:{_free_port()}"
     processes = [
         _launch(args, 4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i)
@@ -198,3 +206,52 @@ def test_two_processes_resume_on_one(tmp_path):
         assert one[step] == pytest.approx(two[step], abs=1e-5), step
     eval_two, eval_one = _losses(workdir, "eval/lm/loss"), _losses(resumed, "eval/lm/loss")
     assert eval_one[6] == pytest.approx(eval_two[6], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_signal_to_one_process_stops_both_after_the_same_step(tmp_path):
+    workdir = tmp_path / "two"
+    args = _job_args(tmp_path, workdir)
+    address = f"localhost:{_free_port()}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
+    logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "t5x_lite.main", *args, "--config.train.num_steps=100000"],
+            cwd=ROOT,
+            env={
+                **env,
+                "JAX_COORDINATOR_ADDRESS": address,
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+            },  # fmt: skip
+            stdout=logs[i],
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    deadline = time.time() + 240
+    while not (workdir / "checkpoints" / "3").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)  # process 0 is not told
+    outputs = []
+    for process, log in zip(processes, logs):
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()  # hung in a collective the other process never joined
+            process.wait()
+        log.seek(0)
+        outputs.append(log.read())
+        assert process.returncode == 130, outputs[-1][-3000:]
+    assert "SIGTERM: stopping after this step" in outputs[1]
+    assert all("rerun the same command" in output for output in outputs)
+    latest = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    logged = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
+    assert latest > 3 and logged[-1] == latest, (latest, logged[-3:])
+
+    # The step both checkpointed is complete: one process resumes it to a new end.
+    _finish(_launch([*args, f"--config.train.num_steps={latest + 2}"], 8))
+    steps = [row["step"] for row in map(json.loads, open(workdir / "metrics.jsonl"))
+             if "train/lm/loss" in row]  # fmt: skip
+    assert steps == list(range(1, latest + 3)), (steps, latest)
