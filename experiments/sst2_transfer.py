@@ -131,6 +131,16 @@ def _command(subcommand: str, config: str, workdir: str, overrides: dict) -> lis
     ]
 
 
+def config_of(command: list[str]):
+    """The config a printed `t5x-lite` command runs, parsed and loaded as the CLI does
+    (config paths relative to the repository root) -> (config, workdir)."""
+    from t5x_lite import main as cli
+
+    args, extra = cli.build_parser().parse_known_args(command[1:])
+    args.config = os.path.join(ROOT, args.config)
+    return cli._load_config(args, extra), args.workdir
+
+
 def settings_of(family: str) -> list[str]:
     return [s for s in SETTINGS if not (family == "t5" and s == "frozen")]
 
@@ -164,7 +174,7 @@ def table(results: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for family, cells in results.items():
-        row = [family.upper() if family != "bert" else "BERT", cells["pretraining"]]
+        row = [family.upper(), cells["pretraining"]]
         for setting in SETTINGS:
             row.append(accuracy_cell(family, cells[setting]) if setting in cells else "-")
         lines.append("| " + " | ".join(row) + " |")
@@ -234,14 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         results[family] = cells
     if results:
         print(table(results))
+        # GPT/BERT metrics carry the majority class (T5's ranked ones do too); all agree.
         majority = next(
-            (m[k]["majority_class_accuracy"] for c in results.values() for s, m in c.items()
-             if s in SETTINGS for k in m if "majority_class_accuracy" in m[k]),
-            None,
-        )  # fmt: skip
-        if majority is not None:
-            print(f"(SST-2 dev: {NUM_EXAMPLES} training examples; majority class "
-                  f"{100 * majority:.1f}%)")  # fmt: skip
+            scores["majority_class_accuracy"]
+            for cells in results.values()
+            for scores in cells["pretrained"].values()
+            if "majority_class_accuracy" in scores
+        )
+        print(
+            f"(SST-2 dev; {NUM_EXAMPLES} training examples; majority class {100 * majority:.1f}%)"
+        )
     return 0
 
 

@@ -1,34 +1,16 @@
 """experiments/: every command a sweep prints is a config that loads, and the tables are
 built from the runs' metrics files as written."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-from t5x_lite import config as config_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sst2_transfer = load_script("sst2_transfer.py")
+from experiments import sst2_transfer
 
 
 def config_of(command):
-    """A printed `t5x-lite ...` command -> the config it would run (keys are checked)."""
-    (spec,) = [a.split("=", 1)[1] for a in command if a.startswith("--config=")]
-    overrides = [
-        tuple(a[len("--config.") :].split("=", 1)) for a in command if a.startswith("--config.")
-    ]
-    return config_lib.load(os.path.join(ROOT, spec), overrides)
+    config, _ = sst2_transfer.config_of(command)
+    return config
 
 
 @pytest.mark.parametrize("family", ["gpt", "bert", "t5"])

@@ -122,7 +122,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args, num_devices: int, **cluster):
+def _launch(args, num_devices: int, stdout=subprocess.PIPE, **cluster):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(num_devices)}
     for name in CLUSTER_VARIABLES:
         env.pop(name, None)
@@ -131,7 +131,7 @@ def _launch(args, num_devices: int, **cluster):
         [sys.executable, "-m", "t5x_lite.main", *args],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -213,20 +213,17 @@ def test_signal_to_one_process_stops_both_after_the_same_step(tmp_path):
     workdir = tmp_path / "two"
     args = _job_args(tmp_path, workdir)
     address = f"localhost:{_free_port()}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
+    # Output to files: a pipe that nobody reads fills up and blocks a long run.
     logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(2)]
+    long_run = [*args, "--config.train.num_steps=100000"]
     processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "t5x_lite.main", *args, "--config.train.num_steps=100000"],
-            cwd=ROOT,
-            env={
-                **env,
-                "JAX_COORDINATOR_ADDRESS": address,
-                "JAX_NUM_PROCESSES": "2",
-                "JAX_PROCESS_ID": str(i),
-            },  # fmt: skip
-            stdout=logs[i],
-            stderr=subprocess.STDOUT,
+        _launch(
+            long_run,
+            4,
+            logs[i],
+            JAX_COORDINATOR_ADDRESS=address,
+            JAX_NUM_PROCESSES=2,
+            JAX_PROCESS_ID=i,
         )
         for i in range(2)
     ]

@@ -90,18 +90,14 @@ def well_formed_share(examples, outputs, sentinels, eos_id):
 @pytest.mark.e2e
 @pytest.mark.full_speed
 def test_tiny_t5_on_sst2_fills_sentinels_then_classifies_text_to_text(tmp_path, shared_data_dir):
+    # t5_tiny, inputs of 64 and targets of 16 tokens, 400 steps of 32 rows; scored on
+    # held-out sentences every 100 steps (no change to the training).
     config = sst2_pretraining(
-        "t5_tiny",
-        shared_data_dir,
-        [
-            ("data.batch_size", "32"),
-            ("tokenizer.vocab_size", "1000"),
-            ("objective.inputs_length", str(INPUTS_LENGTH)),
-            ("objective.targets_length", str(TARGETS_LENGTH)),
-            ("optimizer.warmup_steps", "100"),
-            ("train.num_steps", "400"),
-            ("train.eval_every", "100"),
-        ],
+        "t5", shared_data_dir, tmp_path / "run", "--config.train.eval_every=100"
+    )
+    assert (config.objective.inputs_length, config.objective.targets_length) == (
+        INPUTS_LENGTH,
+        TARGETS_LENGTH,
     )
     result = trainer.train(config, str(tmp_path / "run"))
     run, params, tokenizer = result.run, result.state.params, result.run.tokenizer
@@ -159,10 +155,7 @@ def test_tiny_t5_on_sst2_fills_sentinels_then_classifies_text_to_text(tmp_path, 
 
     # Then T5's recipe: "sst2 sentence: ..." -> "positive" / "negative": 0.65 both ways
     # against the majority class's 0.51, and every generated answer is a label word.
-    same_model = [("model.vocab_size", "1000")]
-    metrics = finetune_sst2(
-        "t5_tiny_sst2", tmp_path / "run", shared_data_dir, tmp_path / "sst2", same_model
-    )
+    metrics = finetune_sst2("t5", tmp_path / "run", shared_data_dir, tmp_path / "sst2")
     majority = metrics["ranked"]["majority_class_accuracy"]
     assert metrics["ranked"]["accuracy"] > majority + 0.05, metrics
     assert metrics["generated"]["accuracy"] > majority + 0.05, metrics

@@ -1,0 +1,1 @@
+"""Experiments: sweep scripts that turn CLI runs into tables (see README.md)."""
