@@ -7,12 +7,17 @@ close a BERT input.
 
 Unlike our sentencepiece models this is lossy: BERT normalization lowercases (for uncased
 models), strips accents and splits off punctuation, and unknown words become [UNK].
+
+Also what every tokenizer read from an HF directory (this one, hf_t5's T5Tokenizer,
+hf_gpt2's GPT2Tokenizer) does to `save_pretrained`: copy the files it was read from.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
+import shutil
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +33,42 @@ SEP_PIECE = "[SEP]"
 MASK_PIECE = "[MASK]"
 SPECIAL_PIECES = (PAD_PIECE, UNK_PIECE, CLS_PIECE, SEP_PIECE, MASK_PIECE)
 CONTINUATION_PREFIX = "##"  # WordPiece marks a piece that continues a word
+
+# Files of an HF tokenizer directory, whichever exist: the fast tokenizer, its config,
+# and each family's own vocabulary (BERT's vocab.txt, T5's spiece.model, GPT-2's
+# vocab.json + merges.txt).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "spiece.model",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+def tokenizer_files(hf_dir: str) -> tuple[str, ...]:
+    """The TOKENIZER_FILES that `hf_dir` has."""
+    return tuple(name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, name)))
+
+
+def copy_files(source_dir: str, names: tuple[str, ...], directory: str) -> list[str]:
+    """Copies `names` from `source_dir` into `directory` (made if missing); their new
+    paths. An existing different file of the same name is a UserError, never replaced."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for name in names:
+        source, target = os.path.join(source_dir, name), os.path.join(directory, name)
+        if os.path.exists(target) and not filecmp.cmp(source, target, shallow=False):
+            raise UserError(
+                f"{target} exists and differs from {source}; save into another directory"
+            )
+        if not os.path.exists(target):
+            shutil.copyfile(source, target)
+        paths.append(target)
+    return paths
 
 
 def _bert_options(hf_dir: str) -> dict:
@@ -83,6 +124,12 @@ class WordPieceTokenizer:
             self._special_id(piece) for piece in SPECIAL_PIECES
         )
         self.bos_id, self.eos_id = self.cls_id, self.sep_id
+        self.files = tokenizer_files(hf_dir)  # what save_pretrained copies
+
+    def save_pretrained(self, directory: str) -> list[str]:
+        """Copies the tokenizer files of `hf_dir` (`files`) into `directory`, where this
+        class and `AutoTokenizer` load them as from `hf_dir`; returns their paths."""
+        return copy_files(self.hf_dir, self.files, directory)
 
     def _special_id(self, piece: str) -> int:
         token_id = self._tokenizer.token_to_id(piece)

@@ -277,5 +277,14 @@ class Tokenizer:
     def id_to_piece(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
 
+    def save_pretrained(self, directory: str, *, template: str) -> list[str]:
+        """Writes this model (as hf_spm.MODEL_FILE, which this class reloads) and the
+        Hugging Face files `AutoTokenizer.from_pretrained(directory)` reads, whose
+        special tokens around a text follow `template` ("bert", "gpt" or "t5"); returns
+        their paths. See `hf_spm` for how exactly the two tokenize alike."""
+        from t5x_lite import hf_spm  # imports this module
+
+        return hf_spm.save_pretrained(self._model_proto, self.model_path, directory, template)
+
     def piece_to_id(self, piece: str) -> int:
         return self._sp.piece_to_id(piece)

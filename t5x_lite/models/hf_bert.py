@@ -1,8 +1,11 @@
-"""Import a Hugging Face BERT checkpoint (config.json + model.safetensors) into EncoderOnly.
+"""Import a Hugging Face BERT checkpoint (config.json + model.safetensors) into EncoderOnly,
+and export EncoderOnly params as one.
 
 Reads BertModel (names without a prefix, pooler, no heads), BertForMaskedLM ('bert.'
-prefix, MLM head, no pooler) and BertForPreTraining ('bert.' prefix, pooler, MLM and NSP
-heads). Only numpy and safetensors touch the checkpoint; torch is never imported.
+prefix, MLM head, no pooler), BertForPreTraining ('bert.' prefix, pooler, MLM and NSP
+heads) and BertForSequenceClassification ('bert.' prefix, pooler, classifier). Writes
+BertForMaskedLM or BertForSequenceClassification (see `export_hf_bert`). Only numpy and
+safetensors touch the checkpoint; torch is never imported.
 
 Layout changes: torch Linear weights are [out, in] and become kernels [in, out], with the
 attention projections split into (heads, kv); per-layer tensors are stacked on a leading
@@ -11,7 +14,7 @@ attention projections split into (heads, kv); per-layer tensors are stacked on a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -89,6 +92,14 @@ _HEAD_TENSORS = {
         "nsp/bias": ("cls.seq_relationship.bias", "vector"),
     },
 }
+# A fine-tuned BertForSequenceClassification's head; its rows are `num_classes`.
+_CLASSIFIER_TENSORS = {
+    "classifier/dense/kernel": ("classifier.weight", "linear"),
+    "classifier/dense/bias": ("classifier.bias", "vector"),
+}
+_CLASSIFIER_WEIGHT = _CLASSIFIER_TENSORS["classifier/dense/kernel"][0]
+# Our activation -> HF hidden_act: the first HF name of each in _HF_ACTIVATIONS.
+_ACTIVATION_NAMES = {ours: hf for hf, ours in reversed(_HF_ACTIVATIONS.items())}
 
 
 def model_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,6 +154,25 @@ def model_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
         "attention_impl": "dot_product_attention",
         "num_classes": 0,
     }
+
+
+def _model_prefix(names: Iterable[str]) -> str:
+    """'bert.' for the task models (BertForMaskedLM, ...), '' for BertModel."""
+    return "bert." if any(name.startswith("bert.") for name in names) else ""
+
+
+def checkpoint_heads(hf_dir: str) -> frozenset[str]:
+    """Which of "pooler", "mlm", "nsp", "classifier" the checkpoint holds every tensor
+    of; read from the safetensors header only. `load_hf_bert` initializes the others
+    (but the classifier) freshly."""
+    names = hf_files.tensor_names(hf_dir)
+    prefix = _model_prefix(names)
+    heads = {**_HEAD_TENSORS, "classifier": _CLASSIFIER_TENSORS}
+    return frozenset(
+        head
+        for head, specs in heads.items()
+        if all(template.format(bert=prefix) in names for template, _ in specs.values())
+    )
 
 
 def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
@@ -213,17 +243,22 @@ def load_hf_bert(hf_dir: str, *, rng: jax.Array) -> tuple[dict[str, Any], dict[s
     layers must all be in the checkpoint. A head the checkpoint lacks entirely (the MLM
     head of a BertModel, the pooler of a BertForMaskedLM, the NSP head of anything but
     BertForPreTraining) is freshly initialized from `rng`, as EncoderOnly.init would,
-    so its outputs are meaningless until fine-tuned. A partial head, an unused tensor
+    so its outputs are meaningless until fine-tuned (`checkpoint_heads` says which
+    heads are real). A BertForSequenceClassification's classifier becomes the
+    `classifier` params, and its rows `num_classes`. A partial head, an unused tensor
     or a shape mismatch is a UserError naming the tensor.
     """
     model_config = model_config_from_hf(hf_files.read_config(hf_dir, "bert"))
     tensors = _read_tensors(hf_dir)
-    prefix = "bert." if any(name.startswith("bert.") for name in tensors) else ""
+    prefix = _model_prefix(tensors)
+    specs = dict(_BACKBONE_TENSORS)
+    if _CLASSIFIER_WEIGHT in tensors:
+        model_config["num_classes"] = tensors[_CLASSIFIER_WEIGHT].shape[0]
+        specs.update(_CLASSIFIER_TENSORS)
     model = EncoderOnly(**{k: v for k, v in model_config.items() if k != "arch"})
     init = _init_fn(model)
     shapes = {path: leaf.shape for path, leaf in jax.eval_shape(init, rng).items()}
 
-    specs = dict(_BACKBONE_TENSORS)
     fresh_paths = []
     for head in _HEAD_TENSORS.values():
         first_name = next(iter(head.values()))[0].format(bert=prefix)
@@ -247,3 +282,75 @@ def load_hf_bert(hf_dir: str, *, rng: jax.Array) -> tuple[dict[str, Any], dict[s
         fresh = jax.jit(init_missing)(rng)
         flat.update({path: np.asarray(value) for path, value in fresh.items()})
     return model_config, traverse_util.unflatten_dict(flat, sep="/")
+
+
+def hf_config_from_model(
+    model_config: Mapping[str, Any], labels: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """`config.model` of an EncoderOnly -> HF BertConfig dict; the inverse of
+    `model_config_from_hf`. A UserError names an option HF BERT cannot express.
+
+    HF's attention-probability dropout, which EncoderOnly does not have, is 0.
+    """
+    if model_config["layer_norm"] != "post":
+        raise UserError(
+            f"config.model.layer_norm={model_config['layer_norm']!r} has no HF BERT "
+            "counterpart (BERT is post-LN); only layer_norm='post' models export"
+        )
+    if model_config["num_heads"] * model_config["head_dim"] != model_config["d_model"]:
+        raise UserError(
+            f"config.model.head_dim={model_config['head_dim']} times num_heads="
+            f"{model_config['num_heads']} is not d_model={model_config['d_model']}, "
+            "which HF BERT requires"
+        )
+    num_classes = model_config["num_classes"]
+    hf_class = "BertForSequenceClassification" if num_classes else "BertForMaskedLM"
+    hf_config = {
+        "architectures": [hf_class],
+        "model_type": "bert",
+        "vocab_size": model_config["vocab_size"],
+        "hidden_size": model_config["d_model"],
+        "num_hidden_layers": model_config["num_layers"],
+        "num_attention_heads": model_config["num_heads"],
+        "intermediate_size": model_config["d_ff"],
+        "max_position_embeddings": model_config["max_len"],
+        "type_vocab_size": model_config["type_vocab_size"],
+        "hidden_act": _ACTIVATION_NAMES[model_config["activation"]],
+        "hidden_dropout_prob": model_config["dropout_rate"],
+        "attention_probs_dropout_prob": 0.0,
+        "layer_norm_eps": model_config["layer_norm_epsilon"],
+        "position_embedding_type": "absolute",
+        "dtype": "float32",
+    }
+    return hf_config | hf_files.label_names(labels, num_classes)
+
+
+def export_hf_bert(
+    model_config: Mapping[str, Any],
+    params: Any,
+    output_dir: str,
+    *,
+    labels: tuple[str, ...] = (),
+    special_ids: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """EncoderOnly params -> an HF BERT checkpoint in `output_dir` (config.json +
+    model.safetensors), through the same tables `load_hf_bert` reads.
+
+    Without a classifier (num_classes 0) it is a BertForMaskedLM plus the pooler
+    (which BertModel / AutoModel read and BertForMaskedLM skips with a warning); the
+    NSP head is dropped. With one it is a BertForSequenceClassification, exactly its
+    tensors: the pooler and the classifier, whose dropout is `dropout_rate` as ours;
+    the MLM and NSP heads are dropped. `labels` name the classes (id2label); without
+    them HF calls them LABEL_0, ... `special_ids` (the tokenizer's ids by attribute
+    name) give config.json its pad_token_id. Returns {"hf_class": ..., "files": [paths]}.
+    """
+    hf_config = hf_config_from_model(model_config, labels)
+    hf_config |= hf_files.token_ids(special_ids, pad_token_id="pad_id")
+    model = EncoderOnly(**{k: v for k, v in model_config.items() if k != "arch"})
+    abstract = jax.eval_shape(_init_fn(model), jax.random.key(0))
+    flat = hf_files.flat_params(params, {path: leaf.shape for path, leaf in abstract.items()})
+    head = _CLASSIFIER_TENSORS if model_config["num_classes"] else _HEAD_TENSORS["mlm"]
+    specs = _BACKBONE_TENSORS | _HEAD_TENSORS["pooler"] | head
+    tensors = hf_files.export_params(flat, specs, bert="bert.")
+    files = hf_files.write_checkpoint(output_dir, hf_config, tensors)
+    return {"hf_class": hf_config["architectures"][0], "files": files}

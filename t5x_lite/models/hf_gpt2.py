@@ -1,8 +1,10 @@
-"""Import a Hugging Face GPT-2 checkpoint (config.json + model.safetensors) into DecoderOnly.
+"""Import a Hugging Face GPT-2 checkpoint (config.json + model.safetensors) into DecoderOnly,
+and export DecoderOnly params as a GPT2LMHeadModel (see `export_hf_gpt2`).
 
-Reads GPT2LMHeadModel ('transformer.' prefix) and GPT2Model (no prefix). Only numpy and
-safetensors touch the checkpoint; torch is never imported. Also a byte-level BPE
-tokenizer (vocab.json + merges.txt) behind the interface of `tokenizer.Tokenizer`.
+Reads GPT2LMHeadModel ('transformer.' prefix) and GPT2Model (no prefix), plus the GPT-1
+classifier head that the export writes next to them. Only numpy and safetensors touch
+the checkpoint; torch is never imported. Also a byte-level BPE tokenizer (vocab.json +
+merges.txt) behind the interface of `tokenizer.Tokenizer`.
 
 Layout changes: GPT-2's Conv1D weights are already [in, out], so they are only reshaped;
 the fused c_attn projection [embed, 3 * embed] is split into query, key and value
@@ -12,6 +14,7 @@ kernels [embed, heads, kv]. Per-layer tensors are stacked on a leading 'layers' 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -24,8 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 from flax import traverse_util
+from safetensors.numpy import load_file, save_file
 from tokenizers import decoders, models, pre_tokenizers
 
+from t5x_lite import hf_tokenizer
 from t5x_lite.errors import UserError
 from t5x_lite.models import decoder_only, hf_files
 from t5x_lite.models.decoder_only import DecoderOnly
@@ -63,6 +68,14 @@ _TENSORS = {
     "final_norm/bias": ("ln_f.bias", "vector"),
 }
 _QKV = ("q", "k", "v")
+# DecoderOnly's GPT-1 classifier (num_classes > 0), which transformers has no class for:
+# our path -> (tensor name in CLASSIFIER_FILE, layout as in hf_bert).
+_CLASSIFIER_TENSORS = {
+    "classifier/dense/kernel": ("weight", "linear"),
+    "classifier/dense/bias": ("bias", "vector"),
+}
+CLASSIFIER_FILE = "classifier.safetensors"
+CLASSIFIER_README = "classifier_head.json"
 # Attention-mask buffers that transformers < 4.x saved next to the weights.
 _BUFFER = re.compile(r"^(transformer\.)?h\.\d+\.attn\.(masked_)?bias$")
 _LM_HEAD = "lm_head.weight"
@@ -163,7 +176,12 @@ def _init_fn(model: DecoderOnly):
     """rng -> all of the model's params, unboxed, as a flat {'a/b/c': array} dict."""
     batch = {
         name: jnp.zeros((1, 1), jnp.int32)
-        for name in ("decoder_input_tokens", "decoder_segment_ids", "decoder_positions")
+        for name in (
+            "decoder_input_tokens",
+            "decoder_segment_ids",
+            "decoder_positions",
+            "class_token_index",  # read by the classifier only
+        )
     }
 
     def init(rng: jax.Array) -> dict[str, jax.Array]:
@@ -182,11 +200,16 @@ def load_hf_gpt2(
     numpy arrays; use it as `model.apply({"params": params}, ...)`. Every parameter comes
     from the checkpoint, so `rng` (accepted for symmetry with load_hf_bert) only traces
     the init for the param shapes. With tied embeddings (GPT-2's default) an lm_head
-    weight, if saved, must equal wte; untied, it becomes the logits kernel. A missing or
-    unused tensor or a shape mismatch is a UserError naming the tensor.
+    weight, if saved, must equal wte; untied, it becomes the logits kernel. A
+    CLASSIFIER_FILE next to it (written by `export_hf_gpt2`) becomes the `classifier`
+    params and its rows `num_classes`. A missing or unused tensor or a shape mismatch
+    is a UserError naming the tensor.
     """
     model_config = model_config_from_hf(hf_files.read_config(hf_dir, "gpt2"))
     tensors, lm_head, prefix = _read_tensors(hf_dir)
+    classifier = _read_classifier(hf_dir)
+    if classifier:
+        model_config["num_classes"] = classifier["weight"].shape[0]
     model = DecoderOnly(**{k: v for k, v in model_config.items() if k != "arch"})
     rng = jax.random.key(0) if rng is None else rng
     shapes = {path: leaf.shape for path, leaf in jax.eval_shape(_init_fn(model), rng).items()}
@@ -222,9 +245,159 @@ def load_hf_gpt2(
         flat["logits_kernel"] = hf_files.convert_tensor(
             _LM_HEAD, lm_head, "linear", shapes["logits_kernel"]
         )
+    if classifier:
+        for path, (name, layout) in _CLASSIFIER_TENSORS.items():
+            flat[path] = hf_files.convert_tensor(name, classifier[name], layout, shapes[path])
     missing = sorted(set(shapes) - set(flat))
     assert not missing, missing  # _TENSORS out of step with DecoderOnly
     return model_config, traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _read_classifier(hf_dir: str) -> dict[str, np.ndarray]:
+    """CLASSIFIER_FILE's {name: float32 array}, {} if there is none."""
+    path = os.path.join(hf_dir, CLASSIFIER_FILE)
+    if not os.path.isfile(path):
+        return {}
+    tensors = load_file(path)
+    expected = {name for name, _ in _CLASSIFIER_TENSORS.values()}
+    if set(tensors) != expected:
+        raise UserError(f"{path} holds {sorted(tensors)}; expected {sorted(expected)}")
+    return {name: value.astype(np.float32) for name, value in tensors.items()}
+
+
+def hf_config_from_model(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config.model` of a DecoderOnly -> HF GPT2Config dict; the inverse of
+    `model_config_from_hf`. HF's attention-probability dropout, which DecoderOnly does
+    not have, is 0; embd_pdrop and resid_pdrop are `dropout_rate`."""
+    if model_config["num_heads"] * model_config["head_dim"] != model_config["d_model"]:
+        raise UserError(
+            f"config.model.head_dim={model_config['head_dim']} times num_heads="
+            f"{model_config['num_heads']} is not d_model={model_config['d_model']}, "
+            "which HF GPT-2 requires"
+        )
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": model_config["vocab_size"],
+        "n_embd": model_config["d_model"],
+        "n_layer": model_config["num_layers"],
+        "n_head": model_config["num_heads"],
+        "n_inner": model_config["d_ff"],
+        "n_positions": model_config["max_len"],
+        "activation_function": _HF_ACTIVATIONS[0],
+        "layer_norm_epsilon": decoder_only.LAYER_NORM_EPSILON,
+        "embd_pdrop": model_config["dropout_rate"],
+        "resid_pdrop": model_config["dropout_rate"],
+        "attn_pdrop": 0.0,
+        "tie_word_embeddings": model_config["tie_embeddings"],
+        # GPT2Config's default ids are GPT-2's 50256; unknown ones stay unset.
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "dtype": "float32",
+    }
+
+
+def _export_one(value: np.ndarray, layout: str) -> np.ndarray:
+    """One layer's param -> its HF tensor (or its third of c_attn); `_convert_one`'s
+    inverse."""
+    if layout in ("table", "vector"):
+        return hf_files.export_tensor(value, layout)
+    if layout == "conv1d":
+        return value.reshape(-1, value.shape[-1])
+    return value.reshape(value.shape[:-2] + (-1,))  # (heads, kv) flattened
+
+
+def _export_tensors(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{our path: array} -> GPT2LMHeadModel's {HF name: tensor} through _TENSORS."""
+    parts: dict[str, dict[str, np.ndarray]] = {}  # HF name -> {layout: part}
+    for path, (template, layout) in _TENSORS.items():
+        value = flat[path]
+        per_layer = enumerate(value) if path.startswith("layers/") else [(None, value)]
+        for i, layer in per_layer:
+            name = "transformer." + template.format(i=i)
+            parts.setdefault(name, {})[layout] = _export_one(layer, layout)
+    tensors = {}
+    for name, by_layout in parts.items():
+        if set(by_layout) == set(_QKV):  # c_attn is [q | k | v] on its last axis
+            tensors[name] = np.concatenate([by_layout[part] for part in _QKV], axis=-1)
+        else:
+            (tensors[name],) = by_layout.values()
+    if "logits_kernel" in flat:
+        tensors[_LM_HEAD] = hf_files.export_tensor(flat["logits_kernel"], "linear")
+    return {name: np.ascontiguousarray(value, np.float32) for name, value in tensors.items()}
+
+
+def _write_classifier(
+    output_dir: str,
+    flat: Mapping[str, np.ndarray],
+    labels: tuple[str, ...],
+    special_ids: Mapping[str, int] | None,
+) -> list[str]:
+    """CLASSIFIER_FILE and CLASSIFIER_README for a DecoderOnly with num_classes > 0."""
+    tensors = hf_files.export_params(flat, _CLASSIFIER_TENSORS)
+    weights_path = os.path.join(output_dir, CLASSIFIER_FILE)
+    save_file(tensors, weights_path)
+    # The GPT-1 input format's tokens, as objectives/tasks.py lays them out.
+    format_ids = hf_files.token_ids(special_ids, start="bos_id", delim="sep_id", extract="cls_id")
+    num_classes, d_model = tensors["weight"].shape
+    readme = {
+        "what": (
+            "t5x_lite's GPT-1 classifier (Radford et al. 2018): a linear layer on the "
+            "final hidden state (after ln_f) at the [EXTRACT] token. transformers has no "
+            "class for it (GPT2ForSequenceClassification's score has no bias and reads "
+            "the last non-pad token), so it is kept apart from the GPT2LMHeadModel body."
+        ),
+        "weights": {
+            "file": CLASSIFIER_FILE,
+            "weight": [num_classes, d_model],
+            "bias": [num_classes],
+        },
+        "labels": list(labels) or None,
+        "input": "[START] text_a [DELIM] text_b [EXTRACT], or [START] text [EXTRACT]",
+        "token_ids": format_ids if len(format_ids) == 3 else None,
+        "logits": (
+            "hidden = GPT2LMHeadModel.from_pretrained(dir)(input_ids, "
+            "output_hidden_states=True).hidden_states[-1]; "
+            "logits = hidden[:, extract_position] @ weight.T + bias"
+        ),
+    }
+    readme_path = os.path.join(output_dir, CLASSIFIER_README)
+    with open(readme_path, "w") as f:
+        json.dump(readme, f, indent=2)
+    return [weights_path, readme_path]
+
+
+def export_hf_gpt2(
+    model_config: Mapping[str, Any],
+    params: Any,
+    output_dir: str,
+    *,
+    labels: tuple[str, ...] = (),
+    special_ids: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """DecoderOnly params -> a GPT2LMHeadModel checkpoint in `output_dir` (config.json +
+    model.safetensors), through the same table `load_hf_gpt2` reads: lm_head.weight
+    only when the head is untied.
+
+    A GPT-1 classifier (num_classes > 0) has no transformers class: it goes to
+    CLASSIFIER_FILE (`weight` [num_classes, d_model], `bias`) with CLASSIFIER_README, a
+    JSON that says how to compute the class logits from transformers' hidden states,
+    naming the `labels` and the [START]/[DELIM]/[EXTRACT] ids. `special_ids` (the
+    tokenizer's ids by attribute name: bos_id, eos_id, pad_id, sep_id, cls_id) give
+    those and config.json's token ids. Returns {"hf_class": ..., "files": [paths]}.
+    """
+    hf_config = hf_config_from_model(model_config)
+    hf_config |= hf_files.token_ids(
+        special_ids, bos_token_id="bos_id", eos_token_id="eos_id", pad_token_id="pad_id"
+    )
+    hf_files.label_names(labels, model_config["num_classes"])  # checks them
+    model = DecoderOnly(**{k: v for k, v in model_config.items() if k != "arch"})
+    abstract = jax.eval_shape(_init_fn(model), jax.random.key(0))
+    flat = hf_files.flat_params(params, {path: leaf.shape for path, leaf in abstract.items()})
+    files = hf_files.write_checkpoint(output_dir, hf_config, _export_tensors(flat))
+    if model_config["num_classes"]:
+        files += _write_classifier(output_dir, flat, labels, special_ids)
+    return {"hf_class": "GPT2LMHeadModel", "files": files}
 
 
 END_OF_TEXT = "<|endoftext|>"
@@ -252,6 +425,12 @@ class GPT2Tokenizer:
             raise UserError(f"{vocab_path} has no {END_OF_TEXT}; not a GPT-2 vocabulary")
         self._tokenizer.add_special_tokens([END_OF_TEXT])
         self.eos_id = self.bos_id = self._tokenizer.token_to_id(END_OF_TEXT)
+        self.files = hf_tokenizer.tokenizer_files(hf_dir)  # what save_pretrained copies
+
+    def save_pretrained(self, directory: str) -> list[str]:
+        """Copies the tokenizer files of `hf_dir` (`files`) into `directory`, where this
+        class and `AutoTokenizer` load them as from `hf_dir`; returns their paths."""
+        return hf_tokenizer.copy_files(self.hf_dir, self.files, directory)
 
     @property
     def vocab_size(self) -> int:

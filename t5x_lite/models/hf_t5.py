@@ -1,7 +1,8 @@
 """Import a Hugging Face T5ForConditionalGeneration (config.json + model.safetensors) into
 EncoderDecoder: T5 1.0 (ReLU MLP, head tied to the embedding and scaled by d_model**-0.5)
-and T5 1.1 (gated-GELU MLP, unscaled head). Only numpy and safetensors touch the
-checkpoint; torch is never imported.
+and T5 1.1 (gated-GELU MLP, unscaled head); and export EncoderDecoder params as one
+(`export_hf_t5`). Only numpy and safetensors touch the checkpoint; torch is never
+imported.
 
 Layout changes: torch Linear weights [out, in] become kernels [in, out], attention
 projections split into (heads, kv); per-block tensors are stacked on a leading 'layers'
@@ -22,11 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from t5x_lite import hf_tokenizer
 from t5x_lite.errors import UserError
 from t5x_lite.models import hf_files
 from t5x_lite.models.encoder_decoder import EncoderDecoder
 
 _HF_MLPS = {"relu": "relu", "gated-gelu": "gated_gelu"}
+_HF_MLP_NAMES = {ours: hf for hf, ours in _HF_MLPS.items()}
 
 # Our path suffix under 'encoder/layers/' or 'decoder/layers/' -> (HF name under
 # '<stack>.block.{i}.layer.', layout). Layouts as in hf_bert: "linear" torch [out, in]
@@ -237,6 +240,75 @@ def load_hf_t5(hf_dir: str, *, rng: jax.Array) -> tuple[dict[str, Any], dict[str
     return model_config, traverse_util.unflatten_dict(flat, sep="/")
 
 
+def hf_config_from_model(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config.model` of an EncoderDecoder -> HF T5Config dict; the inverse of
+    `model_config_from_hf`. (HF T5 also applies `dropout_rate` to attention
+    probabilities in training, which EncoderDecoder does not; no key turns it off.)"""
+    tied = model_config["tie_embeddings"]
+    return {
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "is_encoder_decoder": True,
+        "vocab_size": model_config["vocab_size"],
+        "d_model": model_config["d_model"],
+        "d_kv": model_config["head_dim"],
+        "d_ff": model_config["d_ff"],
+        "num_layers": model_config["num_encoder_layers"],
+        "num_decoder_layers": model_config["num_decoder_layers"],
+        "num_heads": model_config["num_heads"],
+        "relative_attention_num_buckets": model_config["relative_attention_num_buckets"],
+        "relative_attention_max_distance": model_config["relative_attention_max_distance"],
+        "feed_forward_proj": _HF_MLP_NAMES[model_config["mlp"]],
+        "dropout_rate": model_config["dropout_rate"],
+        "layer_norm_epsilon": model_config["layer_norm_epsilon"],
+        # T5 1.0's head is the embedding, scaled; T5 1.1's its own, unscaled.
+        # transformers < 5 reads both from tie_word_embeddings; >= 5 reads the scale
+        # from scale_decoder_outputs and keeps lm_head.weight apart from shared.weight
+        # when the two differ.
+        "tie_word_embeddings": tied,
+        "scale_decoder_outputs": tied,
+        "dtype": "float32",
+    }
+
+
+def export_hf_t5(
+    model_config: Mapping[str, Any],
+    params: Any,
+    output_dir: str,
+    *,
+    labels: tuple[str, ...] = (),
+    special_ids: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """EncoderDecoder params -> a T5ForConditionalGeneration checkpoint in `output_dir`
+    (config.json + model.safetensors), through the table `load_hf_t5` reads; an untied
+    head is lm_head.weight. Every EncoderDecoder option has an HF T5 counterpart.
+
+    `labels` must be empty: T5 answers with label words, it has no classifier.
+    `special_ids` (the tokenizer's ids by attribute name) give config.json's pad and
+    EOS ids and the decoder start, which is our BOS. Returns {"hf_class": ...,
+    "files": [paths]}.
+    """
+    if labels:
+        raise UserError(
+            "labels name a classifier's classes, but T5 answers with label words; "
+            "export an encoder_decoder model without labels"
+        )
+    hf_config = hf_config_from_model(model_config)
+    hf_config |= hf_files.token_ids(
+        special_ids,
+        pad_token_id="pad_id",
+        eos_token_id="eos_id",
+        decoder_start_token_id="bos_id",
+    )
+    model = EncoderDecoder(**{k: v for k, v in model_config.items() if k != "arch"})
+    flat = hf_files.flat_params(params, _param_shapes(model, jax.random.key(0)))
+    tensors = hf_files.export_params(flat, _param_specs(model.mlp))
+    if not model.tie_embeddings:
+        tensors["lm_head.weight"] = hf_files.export_tensor(flat["decoder/logits_kernel"], "linear")
+    files = hf_files.write_checkpoint(output_dir, hf_config, tensors)
+    return {"hf_class": "T5ForConditionalGeneration", "files": files}
+
+
 SENTINEL_PATTERN = re.compile(r"<extra_id_(\d+)>")
 
 
@@ -257,6 +329,8 @@ class T5Tokenizer:
         path = os.path.join(hf_dir, "spiece.model")
         if not os.path.isfile(path):
             raise UserError(f"{path} does not exist; not an HF T5 tokenizer directory")
+        self.hf_dir = hf_dir
+        self.files = hf_tokenizer.tokenizer_files(hf_dir)  # what save_pretrained copies
         self._sp = spm.SentencePieceProcessor(model_file=path)
         expected = {0: "<pad>", 1: "</s>", 2: "<unk>"}
         found = {i: self._sp.id_to_piece(i) for i in expected}
@@ -273,6 +347,11 @@ class T5Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.num_pieces + self.extra_ids
+
+    def save_pretrained(self, directory: str) -> list[str]:
+        """Copies the tokenizer files of `hf_dir` (`files`) into `directory`, where this
+        class and `AutoTokenizer` load them as from `hf_dir`; returns their paths."""
+        return hf_tokenizer.copy_files(self.hf_dir, self.files, directory)
 
     def sentinel_id(self, i: int) -> int:
         if not 0 <= i < self.extra_ids:

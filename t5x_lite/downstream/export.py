@@ -1,0 +1,103 @@
+"""Hand a model to `transformers` users: `export_hf` writes a directory that
+`AutoModel...from_pretrained` and `AutoTokenizer.from_pretrained` load.
+
+The params go through the family's exporter in models/hf_*.py, which reads the same
+name tables as the importer, so import -> export -> import is exact; the tokenizer
+writes its own files (`save_pretrained`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from t5x_lite import tokenizer as tokenizer_lib
+from t5x_lite.errors import UserError
+from t5x_lite.models import hf_bert, hf_gpt2, hf_t5
+
+# config.model.arch -> (param exporter, hf_spm template: the special tokens our
+# sentencepiece Tokenizer puts around a text for that family).
+_FAMILIES = {
+    "encoder_only": (hf_bert.export_hf_bert, "bert"),
+    "decoder_only": (hf_gpt2.export_hf_gpt2, "gpt"),
+    "encoder_decoder": (hf_t5.export_hf_t5, "t5"),
+}
+# The special ids a tokenizer may have, by attribute; each exporter reads the ones it
+# writes (pad / EOS / decoder start ids, GPT-1's [START] [DELIM] [EXTRACT]).
+_SPECIAL_ID_NAMES = ("pad_id", "eos_id", "unk_id", "bos_id", "mask_id", "cls_id", "sep_id")
+
+
+def export_hf(
+    model_config: Mapping[str, Any],
+    params: Any,
+    tokenizer,
+    output_dir: str,
+    *,
+    labels: tuple[str, ...] = (),
+    special_ids: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Writes `params` (of `model_config`, our config.model) and `tokenizer`'s files
+    into `output_dir`, which must not exist or be empty: BERT, GPT-2 or T5, by
+    `model_config["arch"]` (see export_hf_bert, export_hf_gpt2, export_hf_t5 for what
+    each writes and drops).
+
+    `labels` name a classifier's classes. `special_ids` ({"bos_id": 3, ...}, by
+    tokenizer attribute name) default to the tokenizer's own. Everything is written
+    to a staging directory first, so a failed export leaves nothing behind.
+
+    Returns {"hf_class": the transformers class, "output_dir": ..., "files": [names]}.
+    """
+    if "arch" not in model_config or model_config["arch"] not in _FAMILIES:
+        raise UserError(
+            f"config.model.arch={model_config.get('arch')!r} cannot be exported; "
+            f"valid: {', '.join(_FAMILIES)}"
+        )
+    _check_output_dir(output_dir)
+    if tokenizer.vocab_size > model_config["vocab_size"]:
+        raise UserError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but config.model.vocab_size="
+            f"{model_config['vocab_size']}; export with the tokenizer the model was trained with"
+        )
+    exporter, template = _FAMILIES[model_config["arch"]]
+    if special_ids is None:
+        special_ids = {
+            name: getattr(tokenizer, name) for name in _SPECIAL_ID_NAMES if hasattr(tokenizer, name)
+        }
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide the export from others
+    try:
+        summary = exporter(
+            model_config, params, staging, labels=tuple(labels), special_ids=special_ids
+        )
+        _save_tokenizer(tokenizer, staging, template)
+        if os.path.isdir(output_dir):
+            os.rmdir(output_dir)  # empty, as checked
+        os.rename(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {
+        "hf_class": summary["hf_class"],
+        "output_dir": output_dir,
+        "files": sorted(os.listdir(output_dir)),
+    }
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """Never write over someone's files."""
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise UserError(f"{output_dir} is not empty; export into a new or empty directory")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UserError(f"{output_dir} is a file; export into a new or empty directory")
+
+
+def _save_tokenizer(tokenizer, directory: str, template: str) -> list[str]:
+    if isinstance(tokenizer, tokenizer_lib.Tokenizer):
+        # One vocabulary serves every family; the family says what goes around a text.
+        return tokenizer.save_pretrained(directory, template=template)
+    return tokenizer.save_pretrained(directory)  # read from HF files: copies them
