@@ -61,7 +61,9 @@ def split(path: str, text_a: str, text_b: str = "", label: str = "label", target
             text_b=text_b,  # '' = single-sentence task
             label=label,  # classification: the label column
             target=target,  # text_to_text: the target text column
-            max_examples=0,  # 0 = every row; N = the first N rows
+            # 0 = every row; N = N rows drawn at random (config.task.sample_seed), kept
+            # in file order, so a label-sorted file still gives every label.
+            max_examples=0,
         )
     )
 
@@ -73,6 +75,7 @@ def sst2_task() -> dict:
         labels=("0", "1"),
         # Words that stand for the labels in text-to-text targets and in-context prompts.
         label_words=("negative", "positive"),
+        sample_seed=0,  # draws max_examples rows; fixed across fine-tuning seeds
         train=split(os.path.join(DATA_DIR, "sst2", "train.tsv"), "sentence"),
         eval=split(os.path.join(DATA_DIR, "sst2", "dev.tsv"), "content"),
     )
@@ -84,6 +87,7 @@ def pair_task() -> dict:
         kind="classification",
         labels=("entailment", "neutral", "contradiction"),
         label_words=("yes", "maybe", "no"),
+        sample_seed=0,
         train=split("train.tsv", "premise", "hypothesis"),
         eval=split("dev.tsv", "premise", "hypothesis"),
     )
@@ -95,57 +99,85 @@ def qa_task() -> dict:
         kind="text_to_text",
         labels=(),
         label_words=(),
+        sample_seed=0,
         train=split("qa_train.tsv", "question", label="", target="answer"),
         eval=split("qa_dev.tsv", "question", label="", target="answer"),
     )
 
 
 def finetune_sections(config, task: dict) -> None:
-    """The task, where the weights come from, and fine-tuning's usual hyperparameters."""
+    """The task, where the weights come from, and fine-tuning's usual settings; each
+    family's variant then sets its recipe (`config.optimizer` for pretrained weights,
+    `config.finetune.random_init_optimizer` for the baseline)."""
     config.task = task
     config.finetune = dict(
-        # A pretraining workdir (its latest step) or step directory; a Hugging Face
-        # directory for hf_* formats; '' = no checkpoint (then init must be random).
+        # A run directory (its latest step), a step directory or a Hugging Face directory
+        # (save_pretrained's); '' = no checkpoint (then init must be random).
         checkpoint="",
-        checkpoint_format="t5x_lite",  # t5x_lite | hf_bert | hf_t5 | hf_gpt2
+        # auto (detected: HF's config.json model_type, or a run) | t5x_lite | hf_bert |
+        # hf_t5 | hf_gpt2. The model section and the tokenizer come from the checkpoint.
+        checkpoint_format="auto",
         init="pretrained",  # pretrained | random (the no-pretraining baseline)
         # > 0: train.num_steps = ceil(epochs * training examples / batch_size).
         epochs=3.0,
+        # > 0: optimizer.warmup_steps = ceil(warmup_fraction * train.num_steps).
+        warmup_fraction=0.1,
         freeze_body=False,  # True: train only the classifier (a linear probe)
+        # With init=random these replace the config.optimizer keys they name (keys you
+        # set with --config.optimizer.* win): a model trained from scratch on a few
+        # thousand examples needs a far larger rate than the published fine-tuning
+        # recipes, which assume pretrained weights.
+        random_init_optimizer=dict(learning_rate=1e-3, schedule="cosine", end_lr_fraction=0.0),
     )
     # Fine-tuning reads config.task, not text sources.
     config.data = dict(batch_size=32, shuffle=True, num_shards=0)
     config.tokenizer.path = ""  # '' = the checkpoint's tokenizer
+    config.train.update(log_every=25, eval_every=100, eval_batches=0, checkpoint_every=100)
+    config.sample.max_new_tokens = 0  # no sample at the end; see `t5x-lite generate`
+    # The model's keys come from the checkpoint (all but num_classes, dropout_rate and
+    # the compute options); with no checkpoint, these shapes are the random model's.
+    config.model = ml_collections.ConfigDict(config.model.to_dict())
+    config.model.dropout_rate = 0.1  # BERT, GPT-1 and T5 all fine-tune with 10% dropout
+
+
+def adamw_recipe(config, learning_rate: float, warmup_fraction: float) -> None:
+    """AdamW with linear warmup, then linear decay to 0 (BERT's and GPT-1's schedule)."""
     config.optimizer.update(
         name="adamw",
-        schedule="cosine",
-        learning_rate=1e-3,
-        warmup_steps=20,
+        schedule="linear",
+        learning_rate=learning_rate,
         end_lr_fraction=0.0,
+        b1=0.9,
         b2=0.999,
+        eps=1e-6,
         weight_decay=0.01,
         grad_clip_norm=1.0,
     )
-    config.train.update(log_every=25, eval_every=100, eval_batches=0, checkpoint_every=100)
-    config.sample.max_new_tokens = 0  # no sample at the end; see `t5x-lite generate`
+    config.finetune.warmup_fraction = warmup_fraction
 
 
 def _classifier(config, family, task: dict) -> None:
     family(config)
     finetune_sections(config, task)
-    config.model.num_classes = len(task["labels"])
-    config.model.dropout_rate = 0.1
+    config.model.num_classes = len(task["labels"])  # follows task.labels unless you set it
 
 
 def gpt_tiny_sst2(config, task=None):
     _classifier(config, pretrain.gpt_tiny, task or sst2_task())
-    # GPT-1 adds the LM loss on the task's text with weight 0.5.
+    # GPT-1 (Radford et al. 2018, section 4.1): the LM loss on the task's text with weight
+    # 0.5, Adam at 6.25e-5, batch 32, 3 epochs, warmup over 0.2% of training, then linear
+    # decay; dropout 0.1.
     config.objective = dict(name="classification", seq_len=SEQ_LEN, aux_lm_weight=0.5)
+    adamw_recipe(config, learning_rate=6.25e-5, warmup_fraction=0.002)
 
 
 def bert_tiny_sst2(config, task=None):
     _classifier(config, pretrain.bert_tiny, task or sst2_task())
     config.objective = dict(name="classification", seq_len=SEQ_LEN)
+    # BERT (Devlin et al. 2019, appendix A.3): Adam, batch 32, 3 epochs, warmup over 10%,
+    # then linear decay; 2e-5..5e-5 for BERT-base, and small models take larger rates
+    # (1e-4 for MiniLM-sized ones), so 1e-4, the top of the range this recipe admits.
+    adamw_recipe(config, learning_rate=1e-4, warmup_fraction=0.1)
 
 
 def roberta_tiny_sst2(config):
@@ -162,11 +194,17 @@ def t5_tiny_sst2(config, task=None):
         input_template="sst2 sentence: {a}",
         label_words=config.task.get_ref("label_words"),
     )
-    config.model.dropout_rate = 0.1
-    # Adafactor at a constant rate, as T5's fine-tuning. T5 used 1e-3 for 2^18 steps; a
-    # few hundred steps of a tiny model need 1e-2 (at 1e-3 it only learns the majority).
-    config.optimizer.update(name="adafactor", schedule="constant", learning_rate=1e-2)
-    config.optimizer.weight_decay = 0.0
+    # T5 (Raffel et al. 2020, section 3.1.3): Adafactor at a constant 1e-3, no warmup,
+    # dropout 0.1. From random weights a few hundred steps of a tiny model need 1e-2
+    # (at 1e-3 it only learns the majority class).
+    config.optimizer.update(
+        name="adafactor", schedule="constant", learning_rate=1e-3, weight_decay=0.0
+    )
+    config.optimizer.warmup_steps = 0
+    config.finetune.warmup_fraction = 0.0
+    config.finetune.random_init_optimizer = dict(
+        learning_rate=1e-2, schedule="constant", end_lr_fraction=0.0
+    )
 
 
 def gpt_tiny_pair(config):

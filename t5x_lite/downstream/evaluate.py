@@ -14,19 +14,52 @@ model has to beat.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 
 import jax
 import numpy as np
 
-from t5x_lite.data import pipeline
+from t5x_lite.data import pipeline, tasks
 from t5x_lite.downstream import scoring, search, task_metrics
+from t5x_lite.objectives import tasks as task_objectives
 
 
-def evaluate_task(run, params, examples, out_dir: str) -> dict:
+def results_dir(workdir: str, eval_path: str) -> str:
+    """`<workdir>/eval/<stem of the eval file>`: each scored file keeps its own results.
+    Another file with the same stem gets `<stem>_2`, `_3`, ..., so no result is
+    replaced by another file's."""
+    stem = os.path.splitext(os.path.basename(eval_path))[0] or "eval"
+    scored = os.path.abspath(eval_path)
+    for number in itertools.count(1):
+        directory = os.path.join(workdir, "eval", stem if number == 1 else f"{stem}_{number}")
+        metrics_path = os.path.join(directory, "metrics.json")
+        if not os.path.exists(metrics_path):
+            return directory
+        with open(metrics_path) as f:
+            if json.load(f).get("scored", {}).get("eval_file") == scored:
+                return directory
+    raise AssertionError("unreachable")
+
+
+def evaluate_restored(restored, out_dir: str) -> dict:
+    """Score a restored model (`t5x_lite.train.restore`) on its config's eval split."""
+    task = restored.run.config.task
+    examples = tasks.load_split(task, "eval")
+    scored = {
+        "checkpoint": restored.path,
+        "step": restored.step,
+        "eval_file": os.path.abspath(task.eval.path),
+        "num_rows": len(examples),
+    }
+    return evaluate_task(restored.run, restored.params, examples, out_dir, scored)
+
+
+def evaluate_task(run, params, examples, out_dir: str, scored: dict) -> dict:
     """Predict every example of `examples` (in order) -> metrics; writes
-    `out_dir/predictions.tsv` and `out_dir/metrics.json`."""
+    `out_dir/predictions.tsv` and `out_dir/metrics.json`, which also holds `scored` (what
+    was scored: checkpoint, step, file, rows) and how many rows were truncated."""
     config = run.config
     if config.objective.name == "classification":
         rows, metrics = _classify(run, params, examples)
@@ -34,6 +67,8 @@ def evaluate_task(run, params, examples, out_dir: str) -> dict:
         rows, metrics = _text_to_text_labels(run, params, examples)
     else:
         rows, metrics = _text_to_text_generation(run, params, examples)
+    metrics["scored"] = scored
+    metrics["truncation"] = task_objectives.truncation(run.objective, run.tokenizer, examples)
     os.makedirs(out_dir, exist_ok=True)
     _write_tsv(os.path.join(out_dir, "predictions.tsv"), rows)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:

@@ -17,9 +17,10 @@ single-sentence tasks), `label` (class index, or -1) and `target` (text); see
       (`label_words[label]`) or, for generation tasks, the target text, + EOS.
 
 Texts too long for the row are cut longest-first (the longer text loses tokens from its
-end until both are equal, then they lose one each in turn, `a` first), so the special
-tokens always survive. Labels travel as one-position features (`class_labels`,
-`class_weights`), scored like NSP: one example per row (PACK_NONE).
+end until both are equal, then they lose one each in turn, `a` first), as BERT does, so
+the special tokens always survive; `truncation` counts the rows this cuts. Labels
+travel as one-position features (`class_labels`, `class_weights`), scored like NSP: one
+example per row (PACK_NONE).
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ class _Classification(base.Objective):
     def build(cls, tokenizer, **knobs):
         specials = {name: getattr(tokenizer, name) for name in ("bos_id", "cls_id", "sep_id")}
         return cls(special_ids=specials, **knobs)
+
+    def dropped_tokens(self, tokens) -> int:
+        """How many text tokens `preprocess` cuts from this example to fit the row."""
+        text_a, text_b, _ = tokens
+        pair = len(text_b) > 0
+        return max(0, len(text_a) + len(text_b) - (self.seq_len - 2 - pair))
 
     def _label_features(self, label) -> dict[str, np.ndarray]:
         return {"class_labels": label, "class_weights": np.ones(1, np.int32)}
@@ -247,6 +254,13 @@ class TextToText(base.Objective):
     def feature_lengths(self):
         return encoder_decoder_lengths(self.inputs_length, self.targets_length)
 
+    def dropped_tokens(self, tokens) -> int:
+        """How many input and target tokens `preprocess` cuts (each keeps room for EOS)."""
+        inputs, targets = tokens
+        return max(0, len(inputs) - self.inputs_length + 1) + max(
+            0, len(targets) - self.targets_length + 1
+        )
+
     def preprocess(self, tokens, rng):
         del rng
         inputs, targets = tokens
@@ -256,3 +270,19 @@ class TextToText(base.Objective):
             bos_id=self.bos_id,
             eos_id=self.eos_id,
         )
+
+
+def truncation(objective, tokenizer, examples) -> dict:
+    """How many of `examples` the objective truncates: {'rows', 'truncated_rows',
+    'truncated_share', 'dropped_tokens'}."""
+    dropped = np.array(
+        [objective.dropped_tokens(objective.encode(tokenizer, e)) for e in examples], np.int64
+    )
+    rows = len(examples)
+    truncated = int(np.count_nonzero(dropped))
+    return {
+        "rows": rows,
+        "truncated_rows": truncated,
+        "truncated_share": truncated / rows if rows else 0.0,
+        "dropped_tokens": int(dropped.sum()),
+    }

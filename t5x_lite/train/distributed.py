@@ -157,3 +157,9 @@ def gather_json(obj) -> list:
     padded[: len(data)] = data
     everyone = multihost_utils.process_allgather(padded)  # [processes, max length]
     return [json.loads(bytes(row[:n])) for row, n in zip(everyone, lengths)]
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (e.g. after process 0 wrote shared files)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

@@ -1,41 +1,42 @@
 """What the trainer does differently for a fine-tuning config (one with `config.task`):
-steps from epochs, the pretrained checkpoint's tokenizer and weights, a frozen body.
+the model section and tokenizer from the checkpoint, the recipe that fits the
+initialization, steps from epochs, the pretrained weights, a frozen body.
 
-Every function here is a no-op for pretraining configs, so the trainer calls them
-unconditionally and stays one loop.
+`resolve` runs once on the loaded config, before `train` (the CLI calls it with the keys
+the user set on the command line). The other functions are what the trainer calls; each
+is a no-op for pretraining configs, so the trainer stays one loop.
 
-Weights (`config.finetune.checkpoint`, `checkpoint_format`):
-  t5x_lite  a pretraining workdir (its latest step) or one step directory. Its saved
-            config must match config.model in every key but `FREE_MODEL_KEYS`, and the
-            run uses its `tokenizer.model` unless config.tokenizer.path names a file with
-            the same pieces.
-  hf_bert / hf_t5 / hf_gpt2   a Hugging Face directory, read by t5x_lite.models.hf_*;
-            its tokenizer is the directory's own vocabulary.
-Parameters the checkpoint lacks (the new `classifier`) keep their fresh initialization;
-any other missing parameter, or one of another shape, is a one-line error.
+Weights (`config.finetune.checkpoint`, `checkpoint_format`; see `train/pretrained.py`): a
+t5x_lite run or step directory, or a Hugging Face directory. The checkpoint's model
+section replaces `config.model` except `FREE_MODEL_KEYS`; a model key the user set that
+the checkpoint contradicts is an error listing every such key. The tokenizer is the
+checkpoint's, copied into the run directory. Parameters of the body and of the heads the
+checkpoint trained are restored; the classifier, and any head the checkpoint has no
+trained weights for, keep their fresh initialization (said once, in one line).
 `init=random` keeps every fresh parameter: the no-pretraining baseline with the same
-tokenizer and shapes.
+tokenizer and shapes, trained with `finetune.random_init_optimizer` over
+`config.optimizer` (which holds the recipe for pretrained weights).
 """
 
 from __future__ import annotations
 
 import filecmp
+import json
 import math
 import os
 
 import jax
-import numpy as np
+import ml_collections
 import optax
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from t5x_lite import config as config_lib
-from t5x_lite import tokenizer as tokenizer_lib
+from t5x_lite import models
 from t5x_lite.errors import UserError
+from t5x_lite.train import distributed, pretrained
 
 # Model keys a fine-tuning run may set differently from its checkpoint.
 FREE_MODEL_KEYS = ("num_classes", "dropout_rate", "dtype", "remat_policy", "attention_impl")
-FORMATS = ("t5x_lite", "hf_bert", "hf_t5", "hf_gpt2")
 INITS = ("pretrained", "random")
 HEAD = "classifier"  # the parameters a classification head adds
 
@@ -44,22 +45,97 @@ def is_finetuning(config) -> bool:
     return "task" in config
 
 
-def prepare(config, num_train_examples: int) -> None:
-    """Check the fine-tuning settings and set train.num_steps from finetune.epochs."""
-    if not is_finetuning(config):
-        return
+def resolve(config, explicit_keys=frozenset()) -> None:
+    """Complete a fine-tuning config in place: the model section and format from the
+    checkpoint, `num_classes` from the labels, the optimizer recipe from `init`. Values
+    under `explicit_keys` (dotted, e.g. 'model.d_model') were set by the user: they win
+    over the recipe, and contradicting the checkpoint is an error."""
     ft = config.finetune
-    if ft.checkpoint_format not in FORMATS:
-        raise UserError(
-            f"config.finetune.checkpoint_format={ft.checkpoint_format!r}: use one of {FORMATS}"
+    _check_init(ft)
+    if ft.checkpoint:
+        checkpoint = pretrained.open_checkpoint(
+            ft.checkpoint, ft.checkpoint_format, "config.finetune.checkpoint_format"
         )
+        ft.checkpoint_format = checkpoint.format
+        adopt_model(config, checkpoint.model, explicit_keys, checkpoint.path)
+        _fit_rows(config, explicit_keys)
+    if config.objective.name == "classification" and "model.num_classes" not in explicit_keys:
+        config.model.num_classes = len(config.task.labels)
+    if ft.init == "random":
+        for key, value in ft.random_init_optimizer.items():
+            if f"optimizer.{key}" not in explicit_keys:
+                config.optimizer[key] = value
+    if ft.warmup_fraction > 0 and "optimizer.warmup_steps" in explicit_keys:
+        raise UserError(
+            f"config.finetune.warmup_fraction={ft.warmup_fraction} sets "
+            "config.optimizer.warmup_steps; give --config.finetune.warmup_fraction=0 to set "
+            "the steps yourself"
+        )
+
+
+def _fit_rows(config, explicit_keys) -> None:
+    """Rows no longer than the checkpoint's position table: the variant's row length is
+    cut to it (and said), a length the user gave that does not fit is an error."""
+    length, positions = config.objective.get("seq_len", 0), config.model.get("max_len")
+    if not positions or length <= positions:
+        return
+    if "objective.seq_len" in explicit_keys:
+        raise UserError(
+            f"config.objective.seq_len={length} exceeds the checkpoint's {positions} "
+            f"positions (model.max_len); use --config.objective.seq_len={positions} or less"
+        )
+    config.objective.seq_len = positions
+    _say(f"config.objective.seq_len: {length} -> {positions}, the checkpoint's positions")
+
+
+def _check_init(ft) -> None:
     if ft.init not in INITS:
         raise UserError(f"config.finetune.init={ft.init!r}: use one of {INITS}")
     if ft.init == "pretrained" and not ft.checkpoint:
         raise UserError(
-            "config.finetune.checkpoint is empty: give a pretraining workdir, or set "
-            "--config.finetune.init=random for the no-pretraining baseline"
+            "config.finetune.checkpoint is empty: give a pretrained run or Hugging Face "
+            "directory, or set --config.finetune.init=random for the no-pretraining baseline"
         )
+
+
+def adopt_model(
+    config, checkpoint_model: dict, explicit_keys, where: str, free=FREE_MODEL_KEYS
+) -> None:
+    """config.model <- the checkpoint's model section, keeping the config's `free` keys
+    and failing (once, listing them all) on user-set keys the checkpoint contradicts."""
+    current = config_lib.to_dict(config)["model"]
+    if checkpoint_model["arch"] != current["arch"]:
+        raise UserError(
+            f"{where} holds a {checkpoint_model['arch']} model but config.model.arch is "
+            f"{current['arch']}; fine-tune it with a variant of its family"
+        )
+    conflicts = [
+        f"{key}: checkpoint {value!r}, --config.model.{key}={current.get(key)!r}"
+        for key, value in sorted(checkpoint_model.items())
+        if key not in free and f"model.{key}" in explicit_keys and current.get(key) != value
+    ]
+    if conflicts:
+        raise UserError(
+            f"the checkpoint {where} contradicts the model settings you gave "
+            f"({'; '.join(conflicts)}); drop those overrides: the model comes from the checkpoint"
+        )
+    adopted = {
+        key: current[key] if key in free and key in current else value
+        for key, value in checkpoint_model.items()
+    }
+    # A new section, not assignment into the old one: the variant's model keys may be
+    # references to other sections (e.g. vocab_size to tokenizer.vocab_size).
+    config.model = ml_collections.ConfigDict(adopted)
+    config.lock()
+
+
+def prepare(config, num_train_examples: int) -> None:
+    """Check the fine-tuning settings; train.num_steps from finetune.epochs and
+    optimizer.warmup_steps from finetune.warmup_fraction."""
+    if not is_finetuning(config):
+        return
+    ft = config.finetune
+    _check_init(ft)
     classifier = config.objective.name == "classification"
     if classifier and config.model.num_classes != len(config.task.labels):
         raise UserError(
@@ -73,61 +149,70 @@ def prepare(config, num_train_examples: int) -> None:
     if ft.epochs > 0:
         batches = ft.epochs * num_train_examples / config.data.batch_size
         config.train.num_steps = max(1, math.ceil(batches))
+    if ft.warmup_fraction > 0:
+        config.optimizer.warmup_steps = math.ceil(ft.warmup_fraction * config.train.num_steps)
 
 
-def checkpoint_step_dir(path: str) -> tuple[str, int]:
-    """A workdir, its checkpoints/ directory or one step directory -> (checkpoints dir, step)."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
-        raise UserError(f"config.finetune.checkpoint={path} is not a directory")
-    for directory in (os.path.join(path, "checkpoints"), path):
-        steps = [int(name) for name in _listdir(directory) if name.isdigit()]
-        if steps:
-            return directory, max(steps)
-    parent, name = os.path.split(path)
-    if name.isdigit():
-        return parent, int(name)
-    raise UserError(
-        f"config.finetune.checkpoint={path} holds no checkpoint (no checkpoints/<step>); "
-        "give a pretraining workdir or a step directory"
+INPUTS_FILE = "inputs.json"
+
+
+def report_inputs(run, train_docs, eval_docs, workdir: str) -> None:
+    """Fine-tuning: say (and write to `<workdir>/inputs.json`) how many rows of each split
+    the row length truncates; nothing for pretraining."""
+    if not is_finetuning(run.config):
+        return
+    from t5x_lite.objectives import tasks as task_objectives
+
+    report = {
+        split: task_objectives.truncation(run.objective, run.tokenizer, docs)
+        for split, docs in (("train", train_docs), ("eval", eval_docs))
+        if docs
+    }
+    for split, counts in report.items():
+        _say(
+            f"{split}: {counts['rows']} rows, {counts['truncated_rows']} "
+            f"({counts['truncated_share']:.1%}) truncated to fit the row "
+            f"({counts['dropped_tokens']} tokens dropped)"
+        )
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, INPUTS_FILE), "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def _checkpoint(config) -> pretrained.Checkpoint:
+    ft = config.finetune
+    return pretrained.open_checkpoint(
+        ft.checkpoint, ft.checkpoint_format, "config.finetune.checkpoint_format"
     )
 
 
-def _listdir(directory: str) -> list[str]:
-    return os.listdir(directory) if os.path.isdir(directory) else []
-
-
-def load_tokenizer(config):
+def load_tokenizer(config, workdir: str):
     """The fine-tuning run's tokenizer, or None for a pretraining config (which trains or
-    loads its own)."""
+    loads its own). The first start copies the checkpoint's into the run directory (from
+    process 0); later ones, and eval/generate/export, read the copy."""
     if not is_finetuning(config) or not config.finetune.checkpoint:
         return None
-    ft = config.finetune
-    if ft.checkpoint_format == "hf_bert":
-        from t5x_lite.hf_tokenizer import WordPieceTokenizer
+    if jax.process_index() == 0 and not pretrained.has_tokenizer(workdir):
+        pretrained.copy_tokenizer(_checkpoint(config), workdir)
+    distributed.barrier("tokenizer copied")
+    _check_tokenizer_path(config, workdir)
+    return pretrained.load_run_tokenizer(workdir)
 
-        return WordPieceTokenizer(ft.checkpoint)
-    if ft.checkpoint_format == "hf_t5":
-        from t5x_lite.models.hf_t5 import T5Tokenizer
 
-        return T5Tokenizer(ft.checkpoint)
-    if ft.checkpoint_format == "hf_gpt2":
-        from t5x_lite.models.hf_gpt2 import GPT2Tokenizer
-
-        return GPT2Tokenizer(ft.checkpoint)
-    directory, _ = checkpoint_step_dir(ft.checkpoint)
-    pretrained = os.path.join(os.path.dirname(directory), "tokenizer.model")
-    if not os.path.exists(pretrained):
-        raise UserError(f"the pretraining run has no tokenizer at {pretrained}")
-    path = config.tokenizer.path or pretrained
+def _check_tokenizer_path(config, workdir: str) -> None:
+    """config.tokenizer.path may only name the checkpoint's own vocabulary."""
+    path = config.tokenizer.path
+    copied = os.path.join(workdir, "tokenizer.model")
+    if not path:
+        return
     if not os.path.exists(path):
         raise UserError(f"config.tokenizer.path={path} does not exist")
-    if not filecmp.cmp(path, pretrained, shallow=False):
+    if not os.path.exists(copied) or not filecmp.cmp(path, copied, shallow=False):
         raise UserError(
             f"config.tokenizer.path={path} is not the vocabulary the checkpoint was trained "
-            f"with ({pretrained}); leave config.tokenizer.path empty"
+            f"with; leave config.tokenizer.path empty"
         )
-    return tokenizer_lib.Tokenizer(path)
 
 
 def wrap_optimizer(config, tx: optax.GradientTransformation, params):
@@ -143,15 +228,43 @@ def wrap_optimizer(config, tx: optax.GradientTransformation, params):
     return optax.chain(tx, optax.masked(optax.set_to_zero(), body))
 
 
-def initial_params(run, params):
-    """Fresh `params` with every body parameter replaced by the pretrained checkpoint's;
-    unchanged for pretraining configs and init=random."""
+def initial_params(run, params, workdir: str):
+    """Fresh `params` with the body and the checkpoint's trained heads replaced by its
+    weights (fine-tuning from a pretrained checkpoint); unchanged otherwise. Writes the
+    run's `heads.json` (the heads nothing has trained) and says which heads are fresh."""
     config = run.config
-    if not is_finetuning(config) or config.finetune.init != "pretrained":
-        return params
+    model_config = config_lib.to_dict(config)["model"]
+    trained_now = pretrained.heads_trained_by(model_config["arch"], run.objective.loss_terms)
+    untrained = pretrained.model_heads(model_config) - trained_now
+    origin = "random initialization"
+    if is_finetuning(config) and config.finetune.init == "pretrained":
+        checkpoint = _checkpoint(config)
+        _check_model(checkpoint.model, config, checkpoint.path)
+        keep_fresh = checkpoint.untrained_heads | {HEAD}
+        params = _restore_body(run, params, checkpoint, keep_fresh)
+        untrained &= checkpoint.untrained_heads
+        origin = f"{checkpoint.path} ({checkpoint.format})"
+        fresh = sorted(pretrained.model_heads(model_config) & keep_fresh)
+        _say(f"initialized from {origin}; fresh heads: {', '.join(fresh) or 'none'}")
+    if jax.process_index() == 0:
+        pretrained.write_untrained_heads(workdir, untrained, origin)
+    return params
+
+
+def _say(line: str) -> None:
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
+def _restore_body(run, params, checkpoint, keep_fresh) -> dict:
+    arch = run.config.model.arch
     fresh = traverse_util.flatten_dict(params, sep="/")
-    wanted = {path: leaf for path, leaf in fresh.items() if HEAD not in path.split("/")}
-    loaded = _load(config, run, wanted)
+    wanted = {
+        path: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+        for path, leaf in fresh.items()
+        if models.head_of(arch, path) not in keep_fresh
+    }
+    loaded = checkpoint.load_params(wanted)
     merged = {}
     for path, leaf in fresh.items():
         if path not in wanted:
@@ -159,8 +272,8 @@ def initial_params(run, params):
             continue
         if path not in loaded:
             raise UserError(
-                f"the checkpoint {config.finetune.checkpoint} has no parameter {path}; it does "
-                "not match config.model"
+                f"the checkpoint {checkpoint.path} has no parameter {path}; it does not match "
+                "config.model"
             )
         value = loaded[path]
         if tuple(value.shape) != tuple(leaf.shape):
@@ -170,31 +283,14 @@ def initial_params(run, params):
             )
         if isinstance(value, jax.Array):  # restored onto this run's shardings already
             merged[path] = value.astype(leaf.dtype)
-        else:  # host arrays (Hugging Face): each process places its own shards
-            merged[path] = jax.make_array_from_callback(
-                leaf.shape,
-                leaf.sharding,
-                lambda index, v=value, dtype=leaf.dtype: np.asarray(v[index], dtype),
-            )
+        else:  # host arrays (Hugging Face)
+            merged[path] = pretrained.to_device(value, leaf.dtype, leaf.sharding)
     return traverse_util.unflatten_dict(merged, sep="/")
 
 
-def _load(config, run, wanted: dict) -> dict:
-    """{path: array} of the checkpoint's parameters at the `wanted` paths."""
-    ft = config.finetune
-    if ft.checkpoint_format == "t5x_lite":
-        return _load_t5x_lite(config, run, wanted)
-    from t5x_lite.models import hf_bert, hf_gpt2, hf_t5
-
-    loader = {"hf_bert": hf_bert.load_hf_bert, "hf_t5": hf_t5.load_hf_t5}.get(
-        ft.checkpoint_format, hf_gpt2.load_hf_gpt2
-    )
-    model_config, params = loader(ft.checkpoint, rng=jax.random.key(config.seed))
-    _check_model(model_config, config, ft.checkpoint)
-    return traverse_util.flatten_dict(params, sep="/")
-
-
 def _check_model(saved_model: dict, config, where: str) -> None:
+    """Every model key but FREE_MODEL_KEYS must equal the checkpoint's (a config built
+    without `resolve`, e.g. in Python); one error lists every difference."""
     current = config_lib.to_dict(config)["model"]
     changed = [
         (key, saved_model.get(key), current.get(key))
@@ -202,37 +298,10 @@ def _check_model(saved_model: dict, config, where: str) -> None:
         if key not in FREE_MODEL_KEYS and saved_model.get(key) != current.get(key)
     ]
     if changed:
-        differences = "; ".join(f"{k}: checkpoint {s!r}, config {c!r}" for k, s, c in changed[:3])
-        key, saved, _ = changed[0]
+        differences = "; ".join(f"{k}: checkpoint {s!r}, config {c!r}" for k, s, c in changed)
+        fix = " ".join(f"--config.model.{k}={s}" for k, s, _ in changed)
         raise UserError(
             f"the checkpoint {where} does not match config.model ({differences}); fine-tune "
-            f"with the pretraining run's model settings, e.g. --config.model.{key}={saved}"
+            f"with its model settings ({fix}), or through `t5x-lite finetune`, which takes "
+            "them from the checkpoint"
         )
-
-
-def _load_t5x_lite(config, run, wanted: dict) -> dict:
-    directory, step = checkpoint_step_dir(config.finetune.checkpoint)
-    manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-    where = os.path.join(directory, str(step))
-    _check_model(saved["model"], config, where)
-    target = {
-        "params": traverse_util.unflatten_dict(
-            {
-                path: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-                for path, leaf in wanted.items()
-            },
-            sep="/",
-        )
-    }
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(where, "state"),
-        args=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True,
-        ),
-    )
-    manager.close()
-    del run
-    return traverse_util.flatten_dict(restored["params"], sep="/")

@@ -81,11 +81,14 @@ class Progress:
                 initial=start, total=total, unit="step", dynamic_ncols=True, desc="train"
             )
 
-    def update(self, steps: int, **postfix) -> None:
+    def update(self, steps: int) -> None:
         if self.bar is not None:
             self.bar.update(steps)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
+
+    def set_postfix(self, **postfix) -> None:
+        """Shown from the next update on."""
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
 
     def write(self, line: str) -> None:
         if self.bar is not None:

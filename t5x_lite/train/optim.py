@@ -10,7 +10,8 @@ from t5x_lite.errors import UserError
 
 
 def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
-    """Linear warmup to the peak, then cosine decay to `end_lr_fraction` of it, or constant."""
+    """Linear warmup to the peak, then cosine or linear decay to `end_lr_fraction` of it
+    at `num_steps`, or constant; or T5's inverse square root."""
     peak = opt_config.learning_rate
     warmup = opt_config.warmup_steps
     if opt_config.schedule == "cosine":
@@ -20,6 +21,16 @@ def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
             warmup_steps=warmup,
             decay_steps=max(num_steps, warmup + 1),
             end_value=peak * opt_config.end_lr_fraction,
+        )
+    if opt_config.schedule == "linear":  # BERT's and GPT-1's fine-tuning schedule
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, peak, max(warmup, 1)),
+                optax.linear_schedule(
+                    peak, peak * opt_config.end_lr_fraction, max(num_steps - warmup, 1)
+                ),
+            ],
+            [warmup],
         )
     if opt_config.schedule == "rsqrt":
         # T5: constant `peak` for `warmup` steps, then peak * sqrt(warmup / step) (with
@@ -33,7 +44,7 @@ def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
         )
     raise UserError(
         f"config.optimizer.schedule={opt_config.schedule!r} is unknown; "
-        "use cosine, constant or rsqrt"
+        "use cosine, linear, constant or rsqrt"
     )
 
 

@@ -263,7 +263,7 @@ def evaluate(run: Run, eval_step, params, dataset, max_batches: int) -> dict[str
 def load_tokenizer(config, workdir: str, train_docs=None):
     """A fine-tuning run's checkpoint tokenizer; else config.tokenizer.path, the workdir's
     tokenizer.model, or one trained on `train_docs` into the workdir."""
-    return finetuning.load_tokenizer(config) or inputs.load_or_train_tokenizer(
+    return finetuning.load_tokenizer(config, workdir) or inputs.load_or_train_tokenizer(
         config, workdir, train_docs
     )
 
@@ -290,6 +290,7 @@ def train(config, workdir: str) -> TrainResult:
     if jax.process_index() == 0:  # one writer: processes may share the workdir
         config_lib.save(config, workdir)
     run = build_run(config, load_tokenizer(config, workdir, train_docs))
+    finetuning.report_inputs(run, train_docs, eval_docs, workdir)  # rows truncated
     train_ds = inputs.train_dataset(config, train_docs, run.tokenizer, run.objective)
     eval_ds = eval_docs and inputs.eval_dataset(
         config, eval_docs, run.tokenizer, run.objective, max_batches=config.train.eval_batches
@@ -309,7 +310,7 @@ def train(config, workdir: str) -> TrainResult:
         train_iter.set_state(data_state)
     else:
         start, state = 0, init_state(run, config.seed)
-        state = state.replace(params=finetuning.initial_params(run, state.params))
+        state = state.replace(params=finetuning.initial_params(run, state.params, workdir))
     writer = metrics_lib.MetricWriter(workdir, start)
     loop = _Loop(run, ckpt, writer, train_iter, train_step, eval_step, eval_ds)
     try:
@@ -399,12 +400,12 @@ class _Loop:
                     now = time.perf_counter()
                     row = self._log(step, pending, step - last_logged, tokens / (now - tick))
                     term = self.run.objective.loss_terms[0].name
-                    progress.update(
-                        step - last_logged,
+                    progress.set_postfix(
                         loss=f"{row[f'train/{term}/loss']:.3f}",
                         tok_s=f"{row['train/tokens_per_s']:.0f}",
                     )
                     pending, tokens, tick, last_logged = None, 0, now, step
+                progress.update(1)  # every step: a short run shows it moving
                 if self.eval_ds is not None and (
                     step % cfg.eval_every == 0 or step == cfg.num_steps
                 ):

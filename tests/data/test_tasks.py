@@ -3,6 +3,7 @@
 import os
 
 import ml_collections
+import numpy as np
 import pytest
 
 from t5x_lite.data import tasks
@@ -17,7 +18,7 @@ def _write(tmp_path, content, name="train.tsv") -> str:
 
 
 def _config(
-    path, *, kind="classification", labels=("0", "1"), **split
+    path, *, kind="classification", labels=("0", "1"), sample_seed=0, **split
 ) -> ml_collections.ConfigDict:
     columns = {
         "text_a": "sentence",
@@ -31,6 +32,7 @@ def _config(
         {
             "kind": kind,
             "labels": labels,
+            "sample_seed": sample_seed,
             "train": {"path": path, **columns},
             "eval": {"path": path, **columns},
         }
@@ -73,11 +75,32 @@ def test_pair_classification_with_crlf_endings(tmp_path):
     ]
 
 
-def test_max_examples_keeps_the_first_rows(tmp_path):
-    path = _write(tmp_path, "label\tsentence\n0\tone\n1\ttwo\n0\tthree\n")
-    examples = tasks.load_split(_config(path, max_examples=2), "train")
-    assert [(example.text_a, example.line) for example in examples] == [("one", 2), ("two", 3)]
-    assert len(tasks.load_split(_config(path, max_examples=10), "train")) == 3
+def test_max_examples_draws_a_seeded_sample_in_file_order(tmp_path):
+    # Sorted by label, as some exports are: the first 50 rows hold label 0 only.
+    rows = [f"{label}\tsentence {i}" for i, label in enumerate([0] * 50 + [1] * 50)]
+    path = _write(tmp_path, "label\tsentence\n" + "\n".join(rows) + "\n")
+    examples = tasks.load_split(_config(path, max_examples=20), "train")
+    lines = [example.line for example in examples]
+    # The rows numpy's generator with seed 0 draws, sorted: both labels, no repeats.
+    expected = tasks.sample_rows(100, 20, 0) + 2
+    assert lines == expected.tolist() == sorted(set(lines)) and len(lines) == 20
+    assert {example.label for example in examples} == {0, 1}
+    for example in examples:
+        assert example.text_a == f"sentence {example.line - 2}"
+    again = tasks.load_split(_config(path, max_examples=20), "train")
+    assert [example.line for example in again] == lines  # the same rows every time
+    other = tasks.load_split(_config(path, max_examples=20, sample_seed=1), "train")
+    assert [example.line for example in other] != lines
+    assert len(tasks.load_split(_config(path, max_examples=100), "train")) == 100
+    assert len(tasks.load_split(_config(path, max_examples=500), "train")) == 100
+
+
+def test_sample_rows_by_hand():
+    assert tasks.sample_rows(3, 0, 0).tolist() == [0, 1, 2]  # 0 = every row
+    assert tasks.sample_rows(3, 3, 0).tolist() == [0, 1, 2]
+    picked = tasks.sample_rows(10, 4, 7)
+    assert picked.tolist() == sorted(picked.tolist()) and len(set(picked.tolist())) == 4
+    assert picked.tolist() == sorted(np.random.default_rng(7).choice(10, 4, replace=False).tolist())
 
 
 def test_text_to_text(tmp_path):

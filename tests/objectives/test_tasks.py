@@ -107,6 +107,38 @@ def test_long_pair_keeps_every_special_token():
     np.testing.assert_array_equal(features["encoder_input_tokens"], [5, 20, 21, 22, 6, 31, 32, 6])
 
 
+def test_truncation_counts_the_rows_and_tokens_cut():
+    long_pair = TaskExample(" ".join(map(str, range(20, 30))), "31 32", 0, "", 2)
+    examples = [PAIR, SINGLE, long_pair]  # 3 + 2, 2 and 10 + 2 text tokens
+    # BERT, seq_len 8: pairs have 8 - 3 = 5 text tokens, single sentences 8 - 2 = 6.
+    bert = build("encoder_only", seq_len=8)
+    assert [bert.dropped_tokens(bert.encode(TOK, e)) for e in examples] == [0, 0, 7]
+    assert tasks.truncation(bert, TOK, examples) == {
+        "rows": 3,
+        "truncated_rows": 1,
+        "truncated_share": 1 / 3,
+        "dropped_tokens": 7,
+    }
+    # GPT-1, seq_len 6: [START] a [DELIM] b [EXTRACT] leaves 3 for a pair, 4 alone.
+    gpt = build("decoder_only", seq_len=6, aux_lm_weight=0.0)
+    assert [gpt.dropped_tokens(gpt.encode(TOK, e)) for e in examples] == [2, 0, 9]
+    assert tasks.truncation(gpt, TOK, examples)["truncated_rows"] == 2
+    # The count agrees with what preprocess keeps.
+    kept = len(example(gpt, long_pair)["decoder_input_tokens"]) - 3  # minus the specials
+    assert kept == 12 - 9
+    # T5: inputs "21 22 23 31 32" (5 tokens) and the target word, each keeping room for EOS.
+    t5 = get_class("text_to_text", "encoder_decoder").build(
+        TOK, inputs_length=4, targets_length=2, input_template="{a} {b}", label_words=("7 8",) * 3
+    )
+    assert t5.dropped_tokens(t5.encode(TOK, PAIR)) == (5 - 3) + (2 - 1)
+    assert tasks.truncation(t5, TOK, []) == {
+        "rows": 0,
+        "truncated_rows": 0,
+        "truncated_share": 0.0,
+        "dropped_tokens": 0,
+    }
+
+
 def test_bad_settings_fail_with_the_key_to_change():
     with pytest.raises(UserError, match="seq_len=4"):
         build("encoder_only", seq_len=4)

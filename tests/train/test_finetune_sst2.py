@@ -23,8 +23,8 @@ def sst2_pretraining(family, shared_data_dir, workdir, *extra):
 
 
 def finetune_sst2(family, pretrained_workdir, shared_data_dir, workdir):
-    """sst2_transfer's fine-tuning of `pretrained_workdir` on the first 2,000 SST-2
-    training sentences; score SST-2 dev -> evaluate_task's metrics."""
+    """sst2_transfer's fine-tuning of `pretrained_workdir` on 2,000 SST-2 training
+    sentences (a seeded sample); score SST-2 dev -> evaluate_task's metrics."""
     command = sst2_transfer.finetune_command(
         family, "pretrained", shared_data_dir, str(pretrained_workdir), str(workdir)
     )
@@ -34,7 +34,7 @@ def finetune_sst2(family, pretrained_workdir, shared_data_dir, workdir):
     examples = tasks.load_split(config.task, "eval")
     assert len(examples) == 872
     metrics = evaluate.evaluate_task(
-        result.run, result.state.params, examples, os.path.join(workdir, "eval")
+        result.run, result.state.params, examples, os.path.join(workdir, "eval"), {}
     )
     print(family, metrics)
     return metrics

@@ -3,6 +3,7 @@ head, a frozen body, and the errors for checkpoints that do not fit."""
 
 import json
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,6 +29,7 @@ SMALL_MODEL = {
     "model.head_dim": 16,
     "model.d_ff": 64,
     "tokenizer.vocab_size": 450,
+    "model.vocab_size": 450,
 }
 WORDS = ["the", "a", "movie", "film", "plot", "actors", "story", "scenes", "music"]
 WORDS += ["ending", "was", "is", "quite", "very"]
@@ -73,7 +75,9 @@ def pretrained(tmp_path_factory, toy_task):
     return workdir
 
 
-def finetune_config(toy_task, variant="bert_tiny_sst2", **overrides):
+def finetune_config(toy_task, variant="bert_tiny_sst2", resolve=True, **overrides):
+    """The config `t5x-lite finetune` would run, every override set on its command line
+    (resolve=False: as loaded, before `finetuning.resolve`)."""
     base = {
         **SMALL_MODEL,
         "model.max_len": 32,  # the pretraining run's position table
@@ -84,10 +88,12 @@ def finetune_config(toy_task, variant="bert_tiny_sst2", **overrides):
         "train.progress_bar": False,
         "train.log_every": 10,
         "train.checkpoint_every": 0,
-        "optimizer.warmup_steps": 2,
     }
     base.update(overrides)
-    return config_lib.load(f"{FINETUNE}:{variant}", [(k, str(v)) for k, v in base.items()])
+    config = config_lib.load(f"{FINETUNE}:{variant}", [(k, str(v)) for k, v in base.items()])
+    if resolve:
+        finetuning.resolve(config, set(base))
+    return config
 
 
 def _flat(params):
@@ -102,16 +108,16 @@ def _checkpoint_params(workdir, config_for_shapes):
     return _flat(state.params)
 
 
-def _initial_params(config):
-    run = trainer.build_run(config, finetuning.load_tokenizer(config))
+def _initial_params(config, workdir):
+    run = trainer.build_run(config, finetuning.load_tokenizer(config, str(workdir)))
     state = trainer.init_state(run, config.seed)
-    return _flat(state.params), _flat(finetuning.initial_params(run, state.params))
+    return _flat(state.params), _flat(finetuning.initial_params(run, state.params, str(workdir)))
 
 
-def test_body_comes_from_the_checkpoint_and_the_head_is_fresh(toy_task, pretrained):
+def test_body_comes_from_the_checkpoint_and_the_head_is_fresh(toy_task, pretrained, tmp_path):
     config = finetune_config(toy_task, **{"finetune.checkpoint": pretrained})
     saved = _checkpoint_params(pretrained, config_lib.load_saved(pretrained))
-    fresh, initial = _initial_params(config)
+    fresh, initial = _initial_params(config, tmp_path / "a")
     heads = [path for path in initial if path.startswith("classifier/")]
     assert heads == ["classifier/dense/bias", "classifier/dense/kernel"]
     for path, value in initial.items():
@@ -121,7 +127,7 @@ def test_body_comes_from_the_checkpoint_and_the_head_is_fresh(toy_task, pretrain
     config = finetune_config(
         toy_task, **{"finetune.checkpoint": pretrained, "finetune.init": "random"}
     )
-    fresh, initial = _initial_params(config)
+    fresh, initial = _initial_params(config, tmp_path / "b")
     for path, value in initial.items():
         np.testing.assert_array_equal(value, fresh[path], err_msg=path)
     assert not np.array_equal(initial["token_embed/embedding"], saved["token_embed/embedding"])
@@ -153,7 +159,11 @@ def test_classifier_head_learns_a_separable_task(toy_task, tmp_path, variant):
     result = trainer.train(config, str(tmp_path / "run"))
     assert config.train.num_steps == 64  # ceil(4 epochs * 256 examples / 16)
     examples = tasks.load_split(config.task, "eval")
-    metrics = evaluate.evaluate_task(result.run, result.state.params, examples, str(tmp_path))
+    metrics = evaluate.evaluate_task(
+        result.run, result.state.params, examples, str(tmp_path), {"step": 64}
+    )
+    assert metrics["scored"] == {"step": 64}
+    assert metrics["truncation"]["rows"] == 64
     assert metrics["classifier"]["accuracy"] >= 0.95, metrics
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["classifier"]["num_examples"] == 64
@@ -165,22 +175,30 @@ def test_classifier_head_learns_a_separable_task(toy_task, tmp_path, variant):
 
 
 def test_checkpoints_that_do_not_fit_are_refused(toy_task, pretrained, tmp_path):
-    wider = finetune_config(toy_task, **{"finetune.checkpoint": pretrained, "model.d_ff": 128})
+    settings = {"finetune.checkpoint": pretrained, "model.d_ff": 128, "model.d_model": 64}
     with pytest.raises(
         UserError,
-        match=r"config.model \(d_ff: checkpoint 64, config 128\).*--config.model.d_ff=64$",
+        match=r"contradicts the model settings you gave \(d_ff: checkpoint 64, "
+        r"--config.model.d_ff=128; d_model: checkpoint 32, --config.model.d_model=64\); drop",
     ):
-        _initial_params(wider)
+        finetune_config(toy_task, **settings)
+    wider = finetune_config(toy_task, resolve=False, **settings)
+    with pytest.raises(
+        UserError,
+        match=r"config.model \(d_ff: checkpoint 64, config 128; d_model: checkpoint 32, config "
+        r"64\); fine-tune with its model settings \(--config.model.d_ff=64 "
+        r"--config.model.d_model=32\)",
+    ):
+        _initial_params(wider, tmp_path / "wider")
     other_vocab = tmp_path / "other.model"
     other_vocab.write_bytes(b"not the same pieces")
     config = finetune_config(
         toy_task, **{"finetune.checkpoint": pretrained, "tokenizer.path": str(other_vocab)}
     )
     with pytest.raises(UserError, match="not the vocabulary the checkpoint was trained with"):
-        finetuning.load_tokenizer(config)
-    config = finetune_config(toy_task, **{"finetune.checkpoint": str(tmp_path)})
+        finetuning.load_tokenizer(config, str(tmp_path / "other_vocab"))
     with pytest.raises(UserError, match="holds no checkpoint"):
-        finetuning.load_tokenizer(config)
+        finetune_config(toy_task, **{"finetune.checkpoint": str(tmp_path)})
 
 
 @pytest.mark.parametrize(
@@ -195,7 +213,7 @@ def test_checkpoints_that_do_not_fit_are_refused(toy_task, pretrained, tmp_path)
     ],
 )
 def test_bad_finetune_settings(toy_task, overrides, needle):
-    config = finetune_config(toy_task, **overrides)
+    config = finetune_config(toy_task, resolve=False, **overrides)
     with pytest.raises(UserError, match=needle):
         finetuning.prepare(config, 100)
 
@@ -206,3 +224,143 @@ def test_freezing_a_text_to_text_model_is_an_error(toy_task):
     )
     with pytest.raises(UserError, match="freeze_body needs a classifier head"):
         finetuning.prepare(config, 100)
+
+
+def _resolved(toy_task, pretrained_dir, explicit: dict, variant="bert_tiny_sst2"):
+    """`t5x-lite finetune` given only `explicit` (and the toy task's files)."""
+    overrides = {
+        "task.train.path": str(toy_task / "train.tsv"),
+        "task.eval.path": str(toy_task / "dev.tsv"),
+        **({"finetune.checkpoint": pretrained_dir} if pretrained_dir else {}),
+        **explicit,
+    }
+    config = config_lib.load(f"{FINETUNE}:{variant}", [(k, str(v)) for k, v in overrides.items()])
+    finetuning.resolve(config, set(overrides))
+    return config
+
+
+def test_model_section_comes_from_the_checkpoint(toy_task, pretrained):
+    config = _resolved(toy_task, pretrained, {})
+    saved = config_lib.load_saved(pretrained).model.to_dict()
+    model = config.model.to_dict()
+    # Every shape of the run it starts from, not the variant's d_model 128 / vocab 2048;
+    # dropout and the classifier are the variant's (fine-tuning's own choices).
+    for key in saved:
+        if key not in finetuning.FREE_MODEL_KEYS:
+            assert model[key] == saved[key], key
+    assert (model["d_model"], model["vocab_size"], model["max_len"]) == (32, 450, 32)
+    assert (model["dropout_rate"], model["num_classes"]) == (0.1, 2)
+    assert config.finetune.checkpoint_format == "t5x_lite"  # 'auto', detected
+    # The config can be saved and loaded like any other: no references left behind.
+    assert config.tokenizer.vocab_size == 2048
+
+
+def test_num_classes_follows_the_labels_unless_set(toy_task, pretrained):
+    labels = "('0', '1', '2')"
+    assert _resolved(toy_task, pretrained, {"task.labels": labels}).model.num_classes == 3
+    config = _resolved(toy_task, pretrained, {"task.labels": labels, "model.num_classes": 5})
+    assert config.model.num_classes == 5
+    with pytest.raises(UserError, match="num_classes=5 but config.task.labels has 3"):
+        finetuning.prepare(config, 100)
+
+
+@pytest.mark.parametrize(
+    "variant, pretrained_recipe, random_recipe",
+    [
+        ("bert_tiny_sst2", ("adamw", "linear", 1e-4, 0.1), ("adamw", "cosine", 1e-3, 0.1)),
+        ("gpt_tiny_sst2", ("adamw", "linear", 6.25e-5, 0.002), ("adamw", "cosine", 1e-3, 0.002)),
+        (
+            "t5_tiny_sst2",
+            ("adafactor", "constant", 1e-3, 0.0),
+            ("adafactor", "constant", 1e-2, 0.0),
+        ),
+    ],
+)
+def test_the_recipe_follows_the_initialization(toy_task, variant, pretrained_recipe, random_recipe):
+    def recipe(config):
+        opt = config.optimizer
+        return (opt.name, opt.schedule, opt.learning_rate, config.finetune.warmup_fraction)
+
+    # No checkpoint is opened for these: init=random needs none; 'pretrained' is only
+    # loaded to read its recipe.
+    loaded = config_lib.load(f"{FINETUNE}:{variant}")
+    assert recipe(loaded) == pretrained_recipe
+    config = _resolved(toy_task, "", {"finetune.init": "random"}, variant)
+    assert recipe(config) == random_recipe
+    # A key given on the command line wins over either recipe.
+    config = _resolved(
+        toy_task, "", {"finetune.init": "random", "optimizer.learning_rate": 5e-4}, variant
+    )
+    assert config.optimizer.learning_rate == 5e-4
+    assert config.optimizer.schedule == random_recipe[1]
+
+
+def test_warmup_is_a_fraction_of_the_steps(toy_task):
+    config = _resolved(toy_task, "", {"finetune.init": "random", "model.vocab_size": 450})
+    finetuning.prepare(config, 100)  # 3 epochs of 100 examples, batch 32
+    assert config.train.num_steps == 10
+    assert config.optimizer.warmup_steps == 1  # ceil(0.1 * 10)
+    with pytest.raises(UserError, match="warmup_fraction=0.1 sets config.optimizer.warmup_steps"):
+        _resolved(toy_task, "", {"finetune.init": "random", "optimizer.warmup_steps": 5})
+    config = _resolved(
+        toy_task,
+        "",
+        {"finetune.init": "random", "optimizer.warmup_steps": 5, "finetune.warmup_fraction": 0},
+    )
+    finetuning.prepare(config, 100)
+    assert config.optimizer.warmup_steps == 5
+
+
+def _heads_file(workdir) -> dict:
+    return json.loads((workdir / "heads.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def roberta_pretrained(tmp_path_factory, toy_task):
+    """A 2-step roberta_tiny run (no NSP): its pooler and NSP head stay untrained."""
+    workdir = str(tmp_path_factory.mktemp("roberta_pretrained"))
+    config = tiny_config(
+        str(toy_task / "train.tsv"),
+        "roberta_tiny",
+        **{
+            "data.train.kind": "tsv",
+            "data.train.column": "sentence",
+            "train.num_steps": 2,
+            "train.checkpoint_every": 2,
+        },
+    )
+    trainer.train(config, workdir)
+    return workdir
+
+
+def test_heads_record_what_nothing_trained(
+    toy_task, pretrained, roberta_pretrained, tmp_path, capsys
+):
+    # Pretraining: BERT's MLM + NSP trains every head; RoBERTa's MLM leaves two untrained.
+    assert _heads_file(Path(pretrained))["untrained"] == []
+    assert _heads_file(Path(roberta_pretrained))["untrained"] == ["nsp", "pooler"]
+    # Fine-tuning trains the classifier and the pooler under it; what the checkpoint
+    # left untrained (RoBERTa's NSP head) stays so. The heads that start fresh are said.
+    for source, untrained, fresh in (
+        (pretrained, [], "classifier"),
+        (roberta_pretrained, ["nsp"], "classifier, nsp, pooler"),
+    ):
+        workdir = tmp_path / os.path.basename(source)
+        config = _resolved(toy_task, source, {})
+        _initial_params(config, workdir)
+        assert _heads_file(workdir)["untrained"] == untrained
+        out = capsys.readouterr().out
+        assert out.count("fresh heads") == 1
+        assert f"initialized from {source} (t5x_lite); fresh heads: {fresh}\n" in out
+    # From random weights nothing but the classifier and pooler is trained.
+    workdir = tmp_path / "random"
+    _initial_params(_resolved(toy_task, pretrained, {"finetune.init": "random"}), workdir)
+    assert _heads_file(workdir)["untrained"] == ["mlm", "nsp"]
+
+
+def test_the_run_keeps_its_own_tokenizer(toy_task, pretrained, tmp_path):
+    workdir = tmp_path / "run"
+    _initial_params(_resolved(toy_task, pretrained, {}), workdir)
+    assert (workdir / "tokenizer.model").read_bytes() == (
+        Path(pretrained) / "tokenizer.model"
+    ).read_bytes()

@@ -69,6 +69,17 @@ def test_constant_schedule_values():
     assert [float(schedule(s)) for s in (0, 5, 10, 99)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
 
 
+def test_linear_schedule_values():
+    # BERT's: warmup 0 -> 1 over 10 steps, then down to end_lr_fraction (0.1) at step 110.
+    schedule = optim.learning_rate_schedule(_opt(schedule="linear"), num_steps=110)
+    steps = (0, 5, 10, 35, 60, 110, 200)
+    assert [float(schedule(s)) for s in steps] == pytest.approx(
+        [0.0, 0.5, 1.0, 0.775, 0.55, 0.1, 0.1], rel=1e-6
+    )
+    no_warmup = optim.learning_rate_schedule(_opt(schedule="linear", warmup_steps=0), 10)
+    assert [float(no_warmup(s)) for s in (0, 5, 10)] == pytest.approx([1.0, 0.55, 0.1])
+
+
 def test_rsqrt_schedule_is_t5s():
     schedule = optim.learning_rate_schedule(
         _opt(schedule="rsqrt", learning_rate=0.01, warmup_steps=10_000), num_steps=10**6
@@ -106,7 +117,7 @@ def test_adafactor_factors_second_moments_and_descends():
 
 def test_unknown_optimizer_settings_fail_clearly():
     with pytest.raises(UserError, match="config.optimizer.schedule"):
-        optim.learning_rate_schedule(_opt(schedule="linear"), 10)
+        optim.learning_rate_schedule(_opt(schedule="step"), 10)
     with pytest.raises(UserError, match="config.optimizer.name"):
         optim.make_optimizer(_opt(name="sgd"), 10)
 
