@@ -16,12 +16,15 @@ from collections.abc import Iterable
 
 import ml_collections
 
+from t5x_lite import fileio
 from t5x_lite.errors import UserError
 
 
 def load(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
     """`file.py[:variant]` plus (dotted key, string value) overrides -> locked ConfigDict."""
     path, _, variant = spec.partition(":")
+    # A local file: it is imported as a Python module (a run's saved config.json, which
+    # `load_saved` reads, may be anywhere `fileio` reads).
     if not os.path.isfile(path):
         raise UserError(f"--config file {path!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(
@@ -53,11 +56,10 @@ def load_saved(
     workdir: str, overrides: Iterable[tuple[str, str]] = ()
 ) -> ml_collections.ConfigDict:
     """The resolved config a run wrote to `<workdir>/config.json`, plus overrides."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = fileio.join(workdir, "config.json")
+    if not fileio.isfile(path):
         raise UserError(f"--workdir {workdir} has no config.json; give the directory of a run")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(_tuples(json.load(f)))
+    config = ml_collections.ConfigDict(_tuples(json.loads(fileio.read_text(path))))
     config.lock()
     for key, raw in overrides:
         set_value(config, key, raw)
@@ -147,12 +149,9 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
 
 def save(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Write the resolved config as `<workdir>/config.json`; returns the path."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(to_dict(config), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    fileio.makedirs(workdir)
+    path = fileio.join(workdir, "config.json")
+    fileio.write_text(path, json.dumps(to_dict(config), indent=2, sort_keys=True))
     return path
 
 

@@ -49,6 +49,7 @@ import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from t5x_lite import fileio
 from t5x_lite import hf_tokenizer as hf_tokenizer_lib
 from t5x_lite import tokenizer as tokenizer_lib
 from t5x_lite.errors import UserError
@@ -201,14 +202,14 @@ def save_pretrained(model_proto: bytes, source: str, directory: str, template: s
         "model_input_names": TEMPLATES[template][2],
         "clean_up_tokenization_spaces": False,
     }
+    # Written locally first (`tokenizers` saves to local files only), then copied, so
+    # that copy_files can refuse to replace a different file of the same name.
     with tempfile.TemporaryDirectory() as staging:
         model_path, json_path, config_path, names_path = (
             os.path.join(staging, name) for name in FILES
         )
-        with open(model_path, "wb") as f:
-            f.write(model_proto)
+        fileio.write_bytes(model_path, model_proto)
         tokenizer.save(json_path)
         for path, content in ((config_path, config), (names_path, _NAMED_TOKENS)):
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(content, f, indent=2, ensure_ascii=False)
+            fileio.write_text(path, json.dumps(content, indent=2, ensure_ascii=False))
         return hf_tokenizer_lib.copy_files(staging, FILES, directory)

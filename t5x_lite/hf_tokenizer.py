@@ -14,16 +14,14 @@ hf_gpt2's GPT2Tokenizer) does to `save_pretrained`: copy the files it was read f
 
 from __future__ import annotations
 
-import filecmp
 import json
-import os
-import shutil
 from collections.abc import Sequence
 
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
+from t5x_lite import fileio
 from t5x_lite.errors import UserError
 
 PAD_PIECE = "[PAD]"
@@ -51,22 +49,22 @@ TOKENIZER_FILES = (
 
 def tokenizer_files(hf_dir: str) -> tuple[str, ...]:
     """The TOKENIZER_FILES that `hf_dir` has."""
-    return tuple(name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, name)))
+    return tuple(name for name in TOKENIZER_FILES if fileio.isfile(fileio.join(hf_dir, name)))
 
 
 def copy_files(source_dir: str, names: tuple[str, ...], directory: str) -> list[str]:
     """Copies `names` from `source_dir` into `directory` (made if missing); their new
     paths. An existing different file of the same name is a UserError, never replaced."""
-    os.makedirs(directory, exist_ok=True)
+    fileio.makedirs(directory)
     paths = []
     for name in names:
-        source, target = os.path.join(source_dir, name), os.path.join(directory, name)
-        if os.path.exists(target) and not filecmp.cmp(source, target, shallow=False):
+        source, target = fileio.join(source_dir, name), fileio.join(directory, name)
+        if fileio.exists(target) and not fileio.files_equal(source, target):
             raise UserError(
                 f"{target} exists and differs from {source}; save into another directory"
             )
-        if not os.path.exists(target):
-            shutil.copyfile(source, target)
+        if not fileio.exists(target):
+            fileio.copy_file(source, target)
         paths.append(target)
     return paths
 
@@ -75,10 +73,9 @@ def _bert_options(hf_dir: str) -> dict:
     """Normalizer options from tokenizer_config.json; absent keys (or file) take the
     values HF's BertTokenizer uses, so the same directory tokenizes the same in both."""
     options = {"do_lower_case": True, "strip_accents": None, "tokenize_chinese_chars": True}
-    path = os.path.join(hf_dir, "tokenizer_config.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            saved = json.load(f)
+    path = fileio.join(hf_dir, "tokenizer_config.json")
+    if fileio.isfile(path):
+        saved = json.loads(fileio.read_text(path))
         options.update({key: saved[key] for key in options if key in saved})
     return options
 
@@ -86,11 +83,12 @@ def _bert_options(hf_dir: str) -> dict:
 def _from_vocab_txt(hf_dir: str) -> tokenizers.Tokenizer:
     """BERT's tokenizer as HF builds it from vocab.txt: BERT normalizer and
     pre-tokenizer, greedy longest-match WordPiece, special tokens matched in raw text."""
-    vocab_path = os.path.join(hf_dir, "vocab.txt")
-    if not os.path.isfile(vocab_path):
+    vocab_path = fileio.join(hf_dir, "vocab.txt")
+    if not fileio.isfile(vocab_path):
         raise UserError(f"{hf_dir} has neither tokenizer.json nor vocab.txt")
     options = _bert_options(hf_dir)
-    tokenizer = tokenizers.Tokenizer(models.WordPiece.from_file(vocab_path, unk_token=UNK_PIECE))
+    vocab = read_vocab_txt(fileio.read_text(vocab_path))
+    tokenizer = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token=UNK_PIECE))
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True,
         handle_chinese_chars=options["tokenize_chinese_chars"],
@@ -107,14 +105,24 @@ def _from_vocab_txt(hf_dir: str) -> tokenizers.Tokenizer:
     return tokenizer
 
 
+def read_vocab_txt(text: str) -> dict[str, int]:
+    """vocab.txt -> {piece: id}: one piece per line, its id the line's index, trailing
+    whitespace dropped (as `WordPiece.from_file` reads it; a repeated piece keeps the
+    last id)."""
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line starts no piece
+        lines.pop()
+    return {line.rstrip(): index for index, line in enumerate(lines)}
+
+
 class WordPieceTokenizer:
     """tokenizer.json if `hf_dir` has one, else vocab.txt (+ tokenizer_config.json)."""
 
     def __init__(self, hf_dir: str):
         self.hf_dir = hf_dir
-        json_path = os.path.join(hf_dir, "tokenizer.json")
-        if os.path.isfile(json_path):
-            self._tokenizer = tokenizers.Tokenizer.from_file(json_path)
+        json_path = fileio.join(hf_dir, "tokenizer.json")
+        if fileio.isfile(json_path):
+            self._tokenizer = tokenizers.Tokenizer.from_str(fileio.read_text(json_path))
         else:
             self._tokenizer = _from_vocab_txt(hf_dir)
         # Rows are cut and padded by our packer, never by the tokenizer.

@@ -324,6 +324,7 @@ def _report_icl(config, run, eval_examples, results, workdir: str | None) -> Non
     import json
 
     from t5x_lite import config as config_lib
+    from t5x_lite import fileio
 
     label_counts = collections.Counter(example.label for example in eval_examples)
     majority = max(label_counts.values()) / len(eval_examples)
@@ -350,10 +351,9 @@ def _report_icl(config, run, eval_examples, results, workdir: str | None) -> Non
         },
         config=config_lib.to_dict(config),
     )
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "icl_metrics.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
+    fileio.makedirs(workdir)
+    path = fileio.join(workdir, "icl_metrics.json")
+    fileio.write_text(path, json.dumps(report, indent=2, sort_keys=True))
     print(f"metrics: {path}")
 
 
@@ -427,13 +427,13 @@ def cmd_bench(args, extra) -> None:
 def cmd_demo(args, extra) -> None:
     if extra:
         raise UserError(f"unrecognized arguments {' '.join(extra)}")
-    from t5x_lite import demo
+    from t5x_lite import demo, fileio
 
     result = demo.main(args.workdir)
     _print_sample(result)
     demo.finetune_on_sst2(args.workdir)
     print(
-        f"run files: {os.path.abspath(args.workdir)} (config.json, metrics.jsonl, "
+        f"run files: {fileio.absolute(args.workdir)} (config.json, metrics.jsonl, "
         "tensorboard/, checkpoints/, tokenizer.model; sst2_*/eval/ when fine-tuned)"
     )
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
+from t5x_lite import fileio
 from t5x_lite.errors import UserError
 
 PAD_ID = 0
@@ -144,6 +147,8 @@ def train_tokenizer(
 
     `max_sentences` caps how many lines sentencepiece keeps in memory (a seeded uniform
     sample of all lines); the model has exactly `vocab_size` pieces or this raises.
+    `output_prefix` may be a URL (gs://...): sentencepiece writes only local files, so it
+    trains into a temporary directory and both files are copied to the prefix.
     """
     if model_type not in MODEL_TYPES:
         raise UserError(f"unknown tokenizer model_type {model_type!r}; use one of {MODEL_TYPES}")
@@ -161,23 +166,40 @@ def train_tokenizer(
     first = next(lines, None)
     if first is None:
         raise UserError("no text to train the tokenizer on: every document is empty")
-    directory = os.path.dirname(output_prefix)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="t5x_lite-tokenizer-") as local:
+        local_prefix = os.path.join(local, "spm")
+        _train(_prepend(first, lines), local_prefix, vocab_size, model_type, max_sentences)
+        directory = os.path.dirname(output_prefix)
+        if directory:
+            fileio.makedirs(directory)
+        fileio.copy_file(local_prefix + ".vocab", output_prefix + ".vocab")
+        model = _with_prefix(fileio.read_bytes(local_prefix + ".model"), output_prefix)
+        fileio.write_bytes(output_prefix + ".model", model)  # last: its presence means done
+    return output_prefix + ".model"
+
+
+def _with_prefix(model_proto: bytes, prefix: str) -> bytes:
+    """The model with `prefix` as the one it records being trained to (sentencepiece
+    saves its trainer flags in it), so the bytes do not depend on the temporary name."""
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model_proto)
+    proto.trainer_spec.model_prefix = prefix
+    return proto.SerializeToString()
+
+
+def _train(lines, prefix: str, vocab_size: int, model_type: str, max_sentences: int) -> None:
+    """sentencepiece training into the local files <prefix>.model/.vocab."""
     spm.set_random_generator_seed(_TRAIN_RANDOM_SEED)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_prepend(first, lines),
-            model_prefix=output_prefix,
+            sentence_iterator=lines,
+            model_prefix=prefix,
             **_trainer_options(vocab_size, model_type, max_sentences),
         )
     except RuntimeError as error:
         raise _vocab_size_error(str(error), vocab_size, model_type) from None
-    model_path = output_prefix + ".model"
-    learned = spm.SentencePieceProcessor(model_file=model_path).get_piece_size()
+    learned = spm.SentencePieceProcessor(model_file=prefix + ".model").get_piece_size()
     if learned != vocab_size:  # the char trainer returns fewer pieces instead of failing
         raise _too_large_error(vocab_size, learned, model_type)
-    return model_path
 
 
 def _prepend(first: str, rest: Iterator[str]) -> Iterator[str]:
@@ -196,10 +218,9 @@ class Tokenizer:
 
     def __init__(self, model_path: str):
         self.model_path = model_path
-        if not os.path.isfile(model_path):
+        if not fileio.isfile(model_path):
             raise UserError(f"tokenizer model {model_path} is not a file; fix the model path")
-        with open(model_path, "rb") as f:
-            self._load(f.read())
+        self._load(fileio.read_bytes(model_path))
 
     def _load(self, model_proto: bytes) -> None:
         self._model_proto = model_proto

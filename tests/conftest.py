@@ -11,6 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from etils.epath import backend as epath_backend
+from etils.epath import gpath
+from fsspec.implementations.memory import MemoryFileSystem
 
 # One persistent XLA compilation cache per test run, shared by the xdist workers and
 # the CLI subprocesses: many tests compile the same tiny models.
@@ -84,3 +87,40 @@ def data_dir() -> str:
 @pytest.fixture
 def shared_data_dir() -> str:
     return data_dir()
+
+
+class MemoryBucket(epath_backend._FileSystemSpecBackend):
+    """gs:// held in memory, behaving as a bucket does where it matters to t5x_lite: no
+    appending, and no directories apart from the objects under a prefix (`makedirs`
+    makes nothing; a prefix is a directory once a file is written under it).
+
+    Only what goes through etils.epath lands here. Orbax writes array data with
+    tensorstore's own gs:// driver, which this does not intercept: tests keep
+    checkpoints on local paths.
+    """
+
+    def __init__(self):
+        self.memory = MemoryFileSystem(skip_instance_cache=True)
+        self.memory.store, self.memory.pseudo_dirs = {}, [""]  # this bucket's alone
+
+    def fs(self, path):
+        return self.memory if os.fspath(path).startswith("gs://") else super().fs(path)
+
+    def open(self, path, mode):
+        if "a" in mode:
+            raise OSError(f"{path}: a bucket cannot append")
+        return super().open(path, mode)
+
+    def makedirs(self, path, *, exist_ok=False, mode=None):
+        pass
+
+    def mkdir(self, path, *, exist_ok=False, mode=None):
+        pass
+
+
+@pytest.fixture
+def memory_gcs(monkeypatch) -> str:
+    """An empty in-memory `gs://` bucket for this test (see MemoryBucket); its URL."""
+    monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "gs", MemoryBucket())
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)  # TF would take gs://
+    return "gs://test-bucket"

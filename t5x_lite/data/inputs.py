@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import os
 
 import jax
 import numpy as np
 
-from t5x_lite import objectives
+from t5x_lite import fileio, objectives
 from t5x_lite import tokenizer as tokenizer_lib
 from t5x_lite.data import packing, pipeline, sources, tasks
 from t5x_lite.errors import UserError
@@ -52,14 +51,14 @@ def load_or_train_tokenizer(config, workdir: str, train_docs) -> tokenizer_lib.T
     tok_config = config.tokenizer
     path = tok_config.path
     if not path:
-        path = os.path.join(workdir, "tokenizer.model")
-        if not os.path.exists(path):
+        path = fileio.join(workdir, "tokenizer.model")
+        if not fileio.exists(path):
             if jax.process_count() > 1:
                 raise UserError(
                     "multi-process runs need a trained tokenizer: set config.tokenizer.path "
                     "(train one with `t5x-lite tokenizer`)"
                 )
-            os.makedirs(workdir, exist_ok=True)
+            fileio.makedirs(workdir)
             try:
                 tokenizer_lib.train_tokenizer(
                     _texts(train_docs),

@@ -17,10 +17,10 @@ and every malformed row is an error: skipping one would silently shift the rest.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Sequence
 
+from t5x_lite import fileio
 from t5x_lite.errors import UserError
 
 KINDS = ("text", "tsv", "jsonl", "tfds", "pydoc")
@@ -112,12 +112,11 @@ def split_heldout(docs: Sequence[str], num_docs: int) -> tuple[Sequence[str], Se
 
 def _read_text_file(path: str) -> str:
     """UTF-8 text of `path` with '\\r\\n' as '\\n'; UserError for anything unreadable."""
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise UserError(f"data file {path} does not exist; fix `path`")
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         raise UserError(f"data path {path} is a directory; set `path` to a file")
-    with open(path, "rb") as f:
-        data = f.read()
+    data = fileio.read_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

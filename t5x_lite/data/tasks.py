@@ -30,11 +30,11 @@ silently shift every label after it. Blank lines at the end of the file are igno
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import numpy as np
 
+from t5x_lite import fileio
 from t5x_lite.errors import UserError
 
 KINDS = ("classification", "text_to_text")
@@ -126,15 +126,14 @@ def _checked_labels(labels) -> tuple[str, ...]:
 def _read_lines(path: str, key: str) -> list[bytes]:
     """The file's lines as bytes without their endings or trailing blank lines; at least
     a header and one row."""
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise UserError(f"{key}: {path} does not exist")
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         raise UserError(f"{key}: {path} is a directory; point it at a TSV file")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = fileio.read_bytes(path)
     except OSError as error:
-        raise UserError(f"{key}: cannot read {path} ({error.strerror})") from None
+        raise UserError(f"{key}: cannot read {path} ({error.strerror or error})") from None
     lines = [line.removesuffix(b"\r") for line in data.split(b"\n")]
     while lines and not lines[-1].strip():
         lines.pop()

@@ -33,13 +33,13 @@ right before a [MASK] / sentinel is dropped, so probes look like pretraining inp
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
+from t5x_lite import fileio
 from t5x_lite.downstream import scoring, search
 from t5x_lite.errors import UserError
 from t5x_lite.tokenizer import MASK_PIECE, NUM_SENTINELS
@@ -81,10 +81,9 @@ def _probe_from_line(line: str, where: str, line_number: int) -> Probe:
 def read_probes(path: str) -> list[Probe]:
     """Probes from a UTF-8 text file: one per non-empty line, `sentence` or `sentence<TAB>
     candidate|candidate...`; lines starting with '#' are comments."""
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         raise UserError(f"cloze probes file {path} does not exist; fix the path")
-    with open(path, "rb") as f:
-        raw_lines = f.read().split(b"\n")
+    raw_lines = fileio.read_bytes(path).split(b"\n")
     probes = []
     for line_number, raw in enumerate(raw_lines, start=1):
         where = f"{path}:{line_number}"

@@ -21,6 +21,7 @@ import os
 import jax
 import numpy as np
 
+from t5x_lite import fileio
 from t5x_lite.data import pipeline, tasks
 from t5x_lite.downstream import scoring, search, task_metrics
 from t5x_lite.objectives import tasks as task_objectives
@@ -31,15 +32,15 @@ def results_dir(workdir: str, eval_path: str) -> str:
     Another file with the same stem gets `<stem>_2`, `_3`, ..., so no result is
     replaced by another file's."""
     stem = os.path.splitext(os.path.basename(eval_path))[0] or "eval"
-    scored = os.path.abspath(eval_path)
+    scored = fileio.absolute(eval_path)
     for number in itertools.count(1):
-        directory = os.path.join(workdir, "eval", stem if number == 1 else f"{stem}_{number}")
-        metrics_path = os.path.join(directory, "metrics.json")
-        if not os.path.exists(metrics_path):
+        directory = fileio.join(workdir, "eval", stem if number == 1 else f"{stem}_{number}")
+        metrics_path = fileio.join(directory, "metrics.json")
+        if not fileio.exists(metrics_path):
             return directory
-        with open(metrics_path) as f:
-            if json.load(f).get("scored", {}).get("eval_file") == scored:
-                return directory
+        saved = json.loads(fileio.read_text(metrics_path))
+        if saved.get("scored", {}).get("eval_file") == scored:
+            return directory
     raise AssertionError("unreachable")
 
 
@@ -50,7 +51,7 @@ def evaluate_restored(restored, out_dir: str) -> dict:
     scored = {
         "checkpoint": restored.path,
         "step": restored.step,
-        "eval_file": os.path.abspath(task.eval.path),
+        "eval_file": fileio.absolute(task.eval.path),
         "num_rows": len(examples),
     }
     return evaluate_task(restored.run, restored.params, examples, out_dir, scored)
@@ -69,10 +70,12 @@ def evaluate_task(run, params, examples, out_dir: str, scored: dict) -> dict:
         rows, metrics = _text_to_text_generation(run, params, examples)
     metrics["scored"] = scored
     metrics["truncation"] = task_objectives.truncation(run.objective, run.tokenizer, examples)
-    os.makedirs(out_dir, exist_ok=True)
-    _write_tsv(os.path.join(out_dir, "predictions.tsv"), rows)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
+    fileio.makedirs(out_dir)
+    _write_tsv(fileio.join(out_dir, "predictions.tsv"), rows)
+    # Last: a directory with metrics.json holds a complete result (see results_dir).
+    fileio.write_text(
+        fileio.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True)
+    )
     return metrics
 
 
@@ -217,7 +220,5 @@ def _write_tsv(path: str, rows: list[dict]) -> None:
     def clean(value) -> str:
         return str(value).replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\t".join(columns) + "\n")
-        for row in rows:
-            f.write("\t".join(clean(row[c]) for c in columns) + "\n")
+    lines = ["\t".join(columns)] + ["\t".join(clean(row[c]) for c in columns) for row in rows]
+    fileio.write_text(path, "".join(line + "\n" for line in lines))

@@ -8,12 +8,10 @@ writes its own files (`save_pretrained`).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from t5x_lite import fileio
 from t5x_lite import tokenizer as tokenizer_lib
 from t5x_lite.errors import UserError
 from t5x_lite.models import hf_bert, hf_gpt2, hf_t5
@@ -46,7 +44,8 @@ def export_hf(
 
     `labels` name a classifier's classes. `special_ids` ({"bos_id": 3, ...}, by
     tokenizer attribute name) default to the tokenizer's own. Everything is written
-    to a staging directory first, so a failed export leaves nothing behind.
+    to a staging directory first, so a failed export leaves nothing behind (on an object
+    store the files are then uploaded one by one: see `fileio.staged_directory`).
 
     Returns {"hf_class": the transformers class, "output_dir": ..., "files": [names]}.
     """
@@ -66,33 +65,23 @@ def export_hf(
         special_ids = {
             name: getattr(tokenizer, name) for name in _SPECIAL_ID_NAMES if hasattr(tokenizer, name)
         }
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide the export from others
-    try:
+    with fileio.staged_directory(output_dir) as staging:
         summary = exporter(
             model_config, params, staging, labels=tuple(labels), special_ids=special_ids
         )
         _save_tokenizer(tokenizer, staging, template)
-        if os.path.isdir(output_dir):
-            os.rmdir(output_dir)  # empty, as checked
-        os.rename(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {
         "hf_class": summary["hf_class"],
         "output_dir": output_dir,
-        "files": sorted(os.listdir(output_dir)),
+        "files": sorted(fileio.listdir(output_dir)),
     }
 
 
 def _check_output_dir(output_dir: str) -> None:
     """Never write over someone's files."""
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
+    if fileio.isdir(output_dir) and fileio.listdir(output_dir):
         raise UserError(f"{output_dir} is not empty; export into a new or empty directory")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    if fileio.exists(output_dir) and not fileio.isdir(output_dir):
         raise UserError(f"{output_dir} is a file; export into a new or empty directory")
 
 

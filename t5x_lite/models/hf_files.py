@@ -10,34 +10,33 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import struct
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import numpy as np
+import safetensors.numpy
 from flax import traverse_util
-from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
 
+from t5x_lite import fileio
 from t5x_lite.errors import UserError
 
 
 def read_config(hf_dir: str, model_type: str) -> dict[str, Any]:
     """config.json as a dict; UserError if missing or of another `model_type`."""
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
+    path = fileio.join(hf_dir, "config.json")
+    if not fileio.isfile(path):
         raise UserError(f"{path} does not exist; point at a directory written by save_pretrained")
-    with open(path) as f:
-        hf_config = json.load(f)
+    hf_config = json.loads(fileio.read_text(path))
     if hf_config.get("model_type") != model_type:
         raise UserError(f"{path}: model_type={hf_config.get('model_type')!r} is not {model_type!r}")
     return hf_config
 
 
 def _tensors_path(hf_dir: str) -> str:
-    path = os.path.join(hf_dir, "model.safetensors")
-    if not os.path.isfile(path):
+    path = fileio.join(hf_dir, "model.safetensors")
+    if not fileio.isfile(path):
         raise UserError(f"{path} does not exist; re-save the model with save_pretrained")
     return path
 
@@ -45,14 +44,29 @@ def _tensors_path(hf_dir: str) -> str:
 def read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     """model.safetensors -> {HF name: float32 array}."""
     return {
-        name: value.astype(np.float32) for name, value in load_file(_tensors_path(hf_dir)).items()
+        name: value.astype(np.float32)
+        for name, value in load_tensors(_tensors_path(hf_dir)).items()
     }
 
 
+def load_tensors(path: str) -> dict[str, np.ndarray]:
+    """A safetensors file -> {name: array} (as stored), from any path `fileio` reads."""
+    return safetensors.numpy.load(fileio.read_bytes(path))
+
+
+def save_tensors(path: str, tensors: Mapping[str, np.ndarray], metadata=None) -> None:
+    """{name: array} -> a safetensors file, written whole."""
+    fileio.write_bytes(path, safetensors.numpy.save(dict(tensors), metadata=metadata))
+
+
 def tensor_names(hf_dir: str) -> set[str]:
-    """The tensor names in model.safetensors, read from its header only."""
-    with safe_open(_tensors_path(hf_dir), framework="numpy") as f:
-        return set(f.keys())
+    """The tensor names in model.safetensors, read from its header only: an 8-byte
+    little-endian length, then that many bytes of JSON {name: dtype, shape, offsets}
+    plus an optional "__metadata__"."""
+    path = _tensors_path(hf_dir)
+    (header_size,) = struct.unpack("<Q", fileio.read_head(path, 8))
+    header = json.loads(fileio.read_head(path, 8 + header_size)[8:])
+    return set(header) - {"__metadata__"}
 
 
 # torch Linear weights are [out, in]; ours are [*in_dims, *out_dims] with this many
@@ -159,11 +173,10 @@ def write_checkpoint(
     output_dir: str, hf_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray]
 ) -> list[str]:
     """config.json + model.safetensors, as `save_pretrained` writes them; their paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    config_path = os.path.join(output_dir, "config.json")
-    with open(config_path, "w") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-    tensors_path = os.path.join(output_dir, "model.safetensors")
+    fileio.makedirs(output_dir)
+    config_path = fileio.join(output_dir, "config.json")
+    fileio.write_text(config_path, json.dumps(hf_config, indent=2, sort_keys=True))
+    tensors_path = fileio.join(output_dir, "model.safetensors")
     # The mark save_pretrained writes; transformers 4 refuses any other "format".
-    save_file(dict(tensors), tensors_path, metadata={"format": "pt"})
+    save_tensors(tensors_path, tensors, metadata={"format": "pt"})
     return [config_path, tensors_path]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,10 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 from flax import traverse_util
-from safetensors.numpy import load_file, save_file
 from tokenizers import decoders, models, pre_tokenizers
 
-from t5x_lite import hf_tokenizer
+from t5x_lite import fileio, hf_tokenizer
 from t5x_lite.errors import UserError
 from t5x_lite.models import decoder_only, hf_files
 from t5x_lite.models.decoder_only import DecoderOnly
@@ -255,10 +253,10 @@ def load_hf_gpt2(
 
 def _read_classifier(hf_dir: str) -> dict[str, np.ndarray]:
     """CLASSIFIER_FILE's {name: float32 array}, {} if there is none."""
-    path = os.path.join(hf_dir, CLASSIFIER_FILE)
-    if not os.path.isfile(path):
+    path = fileio.join(hf_dir, CLASSIFIER_FILE)
+    if not fileio.isfile(path):
         return {}
-    tensors = load_file(path)
+    tensors = hf_files.load_tensors(path)
     expected = {name for name, _ in _CLASSIFIER_TENSORS.values()}
     if set(tensors) != expected:
         raise UserError(f"{path} holds {sorted(tensors)}; expected {sorted(expected)}")
@@ -335,8 +333,8 @@ def _write_classifier(
 ) -> list[str]:
     """CLASSIFIER_FILE and CLASSIFIER_README for a DecoderOnly with num_classes > 0."""
     tensors = hf_files.export_params(flat, _CLASSIFIER_TENSORS)
-    weights_path = os.path.join(output_dir, CLASSIFIER_FILE)
-    save_file(tensors, weights_path)
+    weights_path = fileio.join(output_dir, CLASSIFIER_FILE)
+    hf_files.save_tensors(weights_path, tensors)
     # The GPT-1 input format's tokens, as objectives/tasks.py lays them out.
     format_ids = hf_files.token_ids(special_ids, start="bos_id", delim="sep_id", extract="cls_id")
     num_classes, d_model = tensors["weight"].shape
@@ -361,9 +359,8 @@ def _write_classifier(
             "logits = hidden[:, extract_position] @ weight.T + bias"
         ),
     }
-    readme_path = os.path.join(output_dir, CLASSIFIER_README)
-    with open(readme_path, "w") as f:
-        json.dump(readme, f, indent=2)
+    readme_path = fileio.join(output_dir, CLASSIFIER_README)
+    fileio.write_text(readme_path, json.dumps(readme, indent=2))
     return [weights_path, readme_path]
 
 
@@ -403,6 +400,21 @@ def export_hf_gpt2(
 END_OF_TEXT = "<|endoftext|>"
 
 
+def read_merges_txt(text: str, path: str) -> list[tuple[str, str]]:
+    """merges.txt -> BPE merges in rank order: one "left right" pair per line, after an
+    optional "#version" line, blank lines skipped (as `BPE.from_file` reads it)."""
+    merges = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if line.startswith("#version") or not line:
+            continue
+        pair = line.split(" ")
+        if len(pair) != 2:
+            raise UserError(f"{path}:{number}: expected two pieces separated by a space")
+        merges.append((pair[0], pair[1]))
+    return merges
+
+
 class GPT2Tokenizer:
     """GPT-2's byte-level BPE from `hf_dir`'s vocab.json + merges.txt.
 
@@ -413,12 +425,14 @@ class GPT2Tokenizer:
 
     def __init__(self, hf_dir: str):
         self.hf_dir = hf_dir
-        vocab_path = os.path.join(hf_dir, "vocab.json")
-        merges_path = os.path.join(hf_dir, "merges.txt")
+        vocab_path = fileio.join(hf_dir, "vocab.json")
+        merges_path = fileio.join(hf_dir, "merges.txt")
         for path in (vocab_path, merges_path):
-            if not os.path.isfile(path):
+            if not fileio.isfile(path):
                 raise UserError(f"{path} does not exist; not a GPT-2 tokenizer directory")
-        self._tokenizer = tokenizers.Tokenizer(models.BPE.from_file(vocab_path, merges_path))
+        vocab = json.loads(fileio.read_text(vocab_path))
+        merges = read_merges_txt(fileio.read_text(merges_path), merges_path)
+        self._tokenizer = tokenizers.Tokenizer(models.BPE(vocab, merges))
         self._tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         self._tokenizer.decoder = decoders.ByteLevel()
         if self._tokenizer.token_to_id(END_OF_TEXT) is None:

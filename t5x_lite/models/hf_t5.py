@@ -12,7 +12,6 @@ stack and reuses its bias in every block, which is exactly our one table per sta
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from t5x_lite import hf_tokenizer
+from t5x_lite import fileio, hf_tokenizer
 from t5x_lite.errors import UserError
 from t5x_lite.models import hf_files
 from t5x_lite.models.encoder_decoder import EncoderDecoder
@@ -326,12 +325,12 @@ class T5Tokenizer:
     def __init__(self, hf_dir: str, extra_ids: int = 100):
         import sentencepiece as spm  # only importers of HF T5 need it here
 
-        path = os.path.join(hf_dir, "spiece.model")
-        if not os.path.isfile(path):
+        path = fileio.join(hf_dir, "spiece.model")
+        if not fileio.isfile(path):
             raise UserError(f"{path} does not exist; not an HF T5 tokenizer directory")
         self.hf_dir = hf_dir
         self.files = hf_tokenizer.tokenizer_files(hf_dir)  # what save_pretrained copies
-        self._sp = spm.SentencePieceProcessor(model_file=path)
+        self._sp = spm.SentencePieceProcessor(model_proto=fileio.read_bytes(path))
         expected = {0: "<pad>", 1: "</s>", 2: "<unk>"}
         found = {i: self._sp.id_to_piece(i) for i in expected}
         if found != expected:

@@ -13,12 +13,11 @@ crash or Ctrl-C mid-save leaves the previous step as the latest good checkpoint.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import orbax.checkpoint as ocp
 
 from t5x_lite import config as config_lib
+from t5x_lite import fileio
 from t5x_lite.errors import UserError
 from t5x_lite.train import distributed
 
@@ -28,7 +27,8 @@ STRUCTURAL_SECTIONS = ("model", "objective", "tokenizer")
 
 class Checkpointer:
     def __init__(self, workdir: str, *, every: int, keep: int):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        # A string orbax turns into an epath.Path: gs:// goes to tensorstore's own driver.
+        self.directory = fileio.absolute(fileio.join(workdir, "checkpoints"))
         self.every = every
         self.manager = ocp.CheckpointManager(
             self.directory,

@@ -20,10 +20,8 @@ tokenizer and shapes, trained with `finetune.random_init_optimizer` over
 
 from __future__ import annotations
 
-import filecmp
 import json
 import math
-import os
 
 import jax
 import ml_collections
@@ -31,7 +29,7 @@ import optax
 from flax import traverse_util
 
 from t5x_lite import config as config_lib
-from t5x_lite import models
+from t5x_lite import fileio, models
 from t5x_lite.errors import UserError
 from t5x_lite.train import distributed, pretrained
 
@@ -175,9 +173,8 @@ def report_inputs(run, train_docs, eval_docs, workdir: str) -> None:
             f"({counts['dropped_tokens']} tokens dropped)"
         )
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, INPUTS_FILE), "w") as f:
-            json.dump(report, f, indent=2)
+        fileio.makedirs(workdir)
+        fileio.write_text(fileio.join(workdir, INPUTS_FILE), json.dumps(report, indent=2))
 
 
 def _checkpoint(config) -> pretrained.Checkpoint:
@@ -203,12 +200,12 @@ def load_tokenizer(config, workdir: str):
 def _check_tokenizer_path(config, workdir: str) -> None:
     """config.tokenizer.path may only name the checkpoint's own vocabulary."""
     path = config.tokenizer.path
-    copied = os.path.join(workdir, "tokenizer.model")
+    copied = fileio.join(workdir, "tokenizer.model")
     if not path:
         return
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise UserError(f"config.tokenizer.path={path} does not exist")
-    if not os.path.exists(copied) or not filecmp.cmp(path, copied, shallow=False):
+    if not fileio.exists(copied) or not fileio.files_equal(path, copied):
         raise UserError(
             f"config.tokenizer.path={path} is not the vocabulary the checkpoint was trained "
             f"with; leave config.tokenizer.path empty"

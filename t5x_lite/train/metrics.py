@@ -2,16 +2,27 @@
 
 Only process 0 writes; every other process gets writers that do nothing, so the trainer
 never branches on the process index.
+
+On a local workdir `metrics.jsonl` is appended to, one whole line per log, flushed; the
+event files go straight to `<workdir>/tensorboard/`. Object stores (a gs:// workdir)
+cannot append, so there the writer keeps the file's rows in memory and uploads it
+whole at each log (it is small: one line per `train.log_every` steps). tensorboardX
+writes to gs:// only through the `google-cloud-storage` package, not through fsspec, so
+for a URL workdir its event files are written to a local temporary directory and
+copied to `<workdir>/tensorboard/` after each log's flush (and at close). Either way
+every log leaves complete files in the workdir.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 import time
 
 import jax
 import tqdm
+
+from t5x_lite import fileio
 
 
 def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
@@ -37,13 +48,13 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        from tensorboardX import SummaryWriter  # no TensorFlow needed
-
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "metrics.jsonl")
-        _truncate_after(path, start_step)
-        self._jsonl = open(path, "a")
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        fileio.makedirs(workdir)
+        path = fileio.join(workdir, "metrics.jsonl")
+        kept = _truncate_after(path, start_step)
+        remote = fileio.is_url(workdir)
+        self._jsonl = _RewrittenFile(path, kept) if remote else fileio.open_for_append(path)
+        tensorboard_dir = fileio.join(workdir, "tensorboard")
+        self._tb = _CopiedTensorBoard(tensorboard_dir) if remote else _tensorboard(tensorboard_dir)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -61,14 +72,65 @@ class MetricWriter:
             self._tb.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
+def _truncate_after(path: str, step: int) -> list[str]:
+    """Drops the rows logged after `step` from the file (rewritten whole); returns the
+    lines kept, each ending in a newline."""
+    if not fileio.exists(path):
+        return []
+    lines = fileio.read_text(path).split("\n")
+    kept = [line + "\n" for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    fileio.write_text(path, "".join(kept))
+    return kept
+
+
+class _RewrittenFile:
+    """A file that only grows, on a store that cannot append: every flush uploads the
+    lines written so far, whole."""
+
+    def __init__(self, path: str, lines: list[str]):
+        self.path = path
+        self._lines = list(lines)
+
+    def write(self, text: str) -> None:
+        self._lines.append(text)
+
+    def flush(self) -> None:
+        fileio.write_text(self.path, "".join(self._lines))
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _tensorboard(logdir: str):
+    from tensorboardX import SummaryWriter  # no TensorFlow needed
+
+    return SummaryWriter(logdir)
+
+
+class _CopiedTensorBoard:
+    """A SummaryWriter on a local temporary directory whose event files are copied to
+    `logdir` (a URL) at every flush, and once more at close."""
+
+    def __init__(self, logdir: str):
+        self.logdir = logdir
+        self._local = tempfile.mkdtemp(prefix="t5x_lite-tensorboard-")
+        self._writer = _tensorboard(self._local)
+
+    def add_scalar(self, name: str, value: float, step: int) -> None:
+        self._writer.add_scalar(name, value, step)
+
+    def flush(self) -> None:
+        self._writer.flush()  # returns once the events are in the local file
+        self._upload()
+
+    def close(self) -> None:
+        self._writer.close()
+        self._upload()
+        fileio.remove_tree(self._local)
+
+    def _upload(self) -> None:
+        for name in fileio.listdir(self._local):
+            fileio.copy_file(fileio.join(self._local, name), fileio.join(self.logdir, name))
 
 
 class Progress:

@@ -24,14 +24,13 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from t5x_lite import models
+from t5x_lite import fileio, models
 from t5x_lite import tokenizer as tokenizer_lib
 from t5x_lite.errors import UserError
 
@@ -57,11 +56,10 @@ def _hf_loaders() -> dict:
 
 
 def _read_json(path: str) -> dict | None:
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(fileio.read_text(path))
     except (OSError, ValueError) as error:
         raise UserError(f"{path} is not readable JSON ({error}); restore or remove it") from None
 
@@ -70,9 +68,9 @@ def detect_format(path: str, declared: str = "auto", key: str = "--checkpoint_fo
     """The format of the checkpoint at `path`; `declared` (not auto) must agree with it."""
     if declared not in FORMATS:
         raise UserError(f"{key}={declared!r}: use one of {', '.join(FORMATS)}")
-    if not os.path.isdir(path):
+    if not fileio.isdir(path):
         raise UserError(f"{path} is not a directory; give a run directory or a Hugging Face one")
-    hf_config = _read_json(os.path.join(path, "config.json")) or {}
+    hf_config = _read_json(fileio.join(path, "config.json")) or {}
     if "model_type" in hf_config:
         model_type = hf_config["model_type"]
         if model_type not in HF_MODEL_TYPES:
@@ -95,14 +93,14 @@ def detect_format(path: str, declared: str = "auto", key: str = "--checkpoint_fo
 def step_dir(path: str) -> tuple[str, int]:
     """A run directory, its checkpoints/ directory or one step directory -> (checkpoints
     directory, step)."""
-    path = os.path.abspath(path)
-    for directory in (os.path.join(path, "checkpoints"), path):
-        if os.path.isdir(directory):
-            steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+    path = fileio.absolute(path)
+    for directory in (fileio.join(path, "checkpoints"), path):
+        if fileio.isdir(directory):
+            steps = [int(name) for name in fileio.listdir(directory) if name.isdigit()]
             if steps:
                 return directory, max(steps)
     parent, name = os.path.split(path)
-    if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
+    if name.isdigit() and fileio.isdir(fileio.join(path, "state")):
         return parent, int(name)
     raise UserError(
         f"{path} holds no checkpoint (no checkpoints/<step>, and no Hugging Face config.json "
@@ -141,8 +139,8 @@ class Checkpoint:
     def load_tokenizer(self):
         """A Hugging Face directory exported from a t5x_lite run carries our
         sentencepiece model (`tokenizer.model`) beside the HF files: that one is read."""
-        spm_path = os.path.join(self.path, "tokenizer.model")
-        if self.is_hf and not os.path.isfile(spm_path):
+        spm_path = fileio.join(self.path, "tokenizer.model")
+        if self.is_hf and not fileio.isfile(spm_path):
             return _hf_loaders()[self.format][1](self.path)
         return load_run_tokenizer(self.tokenizer_dir)
 
@@ -154,7 +152,7 @@ class Checkpoint:
             return {path: self.hf_params[path] for path in wanted if path in self.hf_params}
         target = {"params": traverse_util.unflatten_dict(wanted, sep="/")}
         restored = ocp.PyTreeCheckpointer().restore(
-            os.path.join(self.checkpoints_dir, str(self.step), "state"),
+            fileio.join(self.checkpoints_dir, str(self.step), "state"),
             args=ocp.args.PyTreeRestore(
                 item=target,
                 restore_args=ocp.checkpoint_utils.construct_restore_args(target),
@@ -178,9 +176,9 @@ def open_checkpoint(path: str, declared: str = "auto", key: str = "--checkpoint_
             manager.close()
         untrained = read_untrained_heads(_run_dir(directory))
         return Checkpoint(path, found, restored.config["model"], untrained, step, directory)
-    weights = os.path.join(path, "model.safetensors")
-    mtime = os.stat(weights).st_mtime_ns if os.path.exists(weights) else 0
-    return _open_hf(os.path.abspath(path), found, mtime)
+    weights = fileio.join(path, "model.safetensors")
+    mtime = fileio.modified_ns(weights) if fileio.exists(weights) else 0
+    return _open_hf(fileio.absolute(path), found, mtime)
 
 
 # Fine-tuning opens the checkpoint to resolve its config, then to load its weights; the
@@ -210,18 +208,18 @@ def to_device(value: np.ndarray, dtype, sharding) -> jax.Array:
 
 def has_tokenizer(run_dir: str) -> bool:
     names = (HF_TOKENIZER_DIR, "tokenizer.model")
-    return any(os.path.exists(os.path.join(run_dir, name)) for name in names)
+    return any(fileio.exists(fileio.join(run_dir, name)) for name in names)
 
 
 def load_run_tokenizer(run_dir: str):
     """The tokenizer a run keeps: `tokenizer/` (a Hugging Face vocabulary) or
     `tokenizer.model` (sentencepiece)."""
-    hf_dir = os.path.join(run_dir, HF_TOKENIZER_DIR)
-    saved = _read_json(os.path.join(hf_dir, _TOKENIZER_FORMAT_FILE))
+    hf_dir = fileio.join(run_dir, HF_TOKENIZER_DIR)
+    saved = _read_json(fileio.join(hf_dir, _TOKENIZER_FORMAT_FILE))
     if saved is not None:
         return _hf_loaders()[saved["format"]][1](hf_dir)
-    path = os.path.join(run_dir, "tokenizer.model")
-    if not os.path.isfile(path):
+    path = fileio.join(run_dir, "tokenizer.model")
+    if not fileio.isfile(path):
         raise UserError(
             f"{run_dir} has no tokenizer (tokenizer.model or tokenizer/); it is not a complete "
             "t5x_lite run"
@@ -232,52 +230,45 @@ def load_run_tokenizer(run_dir: str):
 def copy_tokenizer(checkpoint: Checkpoint, run_dir: str) -> None:
     """Copy the checkpoint's tokenizer into `run_dir` (unless it has one), so that the
     run keeps working when the checkpoint moves."""
-    os.makedirs(run_dir, exist_ok=True)
+    fileio.makedirs(run_dir)
     if has_tokenizer(run_dir):
         return
     source = checkpoint.tokenizer_dir
     if not checkpoint.is_hf:  # a run's own, whichever kind it keeps
         for name in (HF_TOKENIZER_DIR, "tokenizer.model"):
-            _copy(os.path.join(source, name), os.path.join(run_dir, name))
+            _copy(fileio.join(source, name), fileio.join(run_dir, name))
         return
     tokenizer = checkpoint.load_tokenizer()
     if isinstance(tokenizer, tokenizer_lib.Tokenizer):  # exported from a t5x_lite run
-        _copy(os.path.join(source, "tokenizer.model"), os.path.join(run_dir, "tokenizer.model"))
+        _copy(fileio.join(source, "tokenizer.model"), fileio.join(run_dir, "tokenizer.model"))
         return
-    target = os.path.join(run_dir, HF_TOKENIZER_DIR)
-    tmp = target + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
-    with open(os.path.join(tmp, _TOKENIZER_FORMAT_FILE), "w") as f:
-        json.dump({"format": checkpoint.format}, f)
-    os.replace(tmp, target)
+    # format.json last: a directory without it is not taken for a tokenizer.
+    with fileio.staged_directory(fileio.join(run_dir, HF_TOKENIZER_DIR)) as staging:
+        tokenizer.save_pretrained(staging)
+        format_json = json.dumps({"format": checkpoint.format})
+        fileio.write_text(fileio.join(staging, _TOKENIZER_FORMAT_FILE), format_json)
 
 
 def _copy(source: str, target: str) -> None:
-    """A file or directory, if it exists, written under a temporary name first."""
-    if not os.path.exists(source):
+    """A file or directory, if it exists, copied whole (see fileio.copy_file/copy_tree)."""
+    if not fileio.exists(source):
         return
-    tmp = target + ".tmp"
-    if os.path.isdir(source):
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp)
+    if fileio.isdir(source):
+        fileio.copy_tree(source, target)
     else:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        fileio.copy_file(source, target)
 
 
 def read_untrained_heads(run_dir: str) -> frozenset:
     """The heads a run never trained (`heads.json`; runs older than it: none known)."""
-    saved = _read_json(os.path.join(run_dir, HEADS_FILE))
+    saved = _read_json(fileio.join(run_dir, HEADS_FILE))
     return frozenset(saved["untrained"]) if saved else frozenset()
 
 
 def write_untrained_heads(run_dir: str, untrained, origin: str) -> None:
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, HEADS_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"untrained": sorted(untrained), "origin": origin}, f, indent=2)
-    os.replace(path + ".tmp", path)
+    fileio.makedirs(run_dir)
+    heads = {"untrained": sorted(untrained), "origin": origin}
+    fileio.write_text(fileio.join(run_dir, HEADS_FILE), json.dumps(heads, indent=2))
 
 
 def heads_trained_by(arch: str, loss_terms) -> frozenset:

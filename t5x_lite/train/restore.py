@@ -10,12 +10,12 @@ the family's variant of `gin_configs/pretrain.py` (`FAMILY_VARIANTS`).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 from flax import traverse_util
 
 from t5x_lite import config as config_lib
+from t5x_lite import fileio
 from t5x_lite.errors import UserError
 from t5x_lite.train import checkpoints, finetuning, pretrained, trainer
 
@@ -79,7 +79,7 @@ def _restore_run(workdir: str, overrides) -> Restored:
     ckpt.close()
     untrained = pretrained.read_untrained_heads(workdir)
     source = f"{workdir}, step {step}"
-    return Restored(run, state.params, os.path.abspath(workdir), source, step, untrained)
+    return Restored(run, state.params, fileio.absolute(workdir), source, step, untrained)
 
 
 def from_result(result: trainer.TrainResult) -> Restored:
@@ -87,7 +87,7 @@ def from_result(result: trainer.TrainResult) -> Restored:
     step = int(jax.device_get(result.state.step))
     untrained = pretrained.read_untrained_heads(result.workdir)
     source = f"{result.workdir}, step {step}"
-    path = os.path.abspath(result.workdir)
+    path = fileio.absolute(result.workdir)
     return Restored(result.run, result.state.params, path, source, step, untrained)
 
 
