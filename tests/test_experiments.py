@@ -22,7 +22,7 @@ def test_sst2_transfer_commands_are_configs_that_load(family, tmp_path):
     assert config.train.eval_every == config.train.num_steps  # one held-out score, at the end
     settings = sst2_transfer.settings_of(family)
     assert settings == (
-        ["pretrained", "random"] if family == "t5" else list(sst2_transfer.SETTINGS)
+        ["pretrained", "random", "published"] if family == "t5" else list(sst2_transfer.SETTINGS)
     )
     for setting in settings:
         command = sst2_transfer.finetune_command(
@@ -35,6 +35,14 @@ def test_sst2_transfer_commands_are_configs_that_load(family, tmp_path):
         assert tuned.task.train.max_examples == 2000
         # The model's shapes come from the checkpoint: the command sets none of them.
         assert not [arg for arg in command if arg.startswith("--config.model.")]
+        # Every column but the published recipe's runs the study's one recipe.
+        rate = dict(sst2_transfer.SAME_RECIPE[family])["optimizer.learning_rate"]
+        if setting == "published":
+            assert (
+                tuned.optimizer.learning_rate == {"gpt": 6.25e-5, "bert": 1e-4, "t5": 1e-3}[family]
+            )
+        else:
+            assert tuned.optimizer.learning_rate == rate
 
 
 def test_sst2_transfer_table_from_metrics(tmp_path):
@@ -53,15 +61,17 @@ def test_sst2_transfer_table_from_metrics(tmp_path):
             "pretrained": classifier,
             "random": {"classifier": {"accuracy": 0.6}},
             "frozen": {"classifier": {"accuracy": 0.5149}},
+            "published": {"classifier": {"accuracy": 0.5321}},
         },
         "t5": {"pretraining": "p", "pretrained": t5, "random": t5},
     }
     lines = sst2_transfer.table(results).splitlines()
+    assert lines[0].count("|") == 7 and lines[1] == "|---|---|---|---|---|---|"
     assert lines[2] == (
-        "| GPT | `gpt_tiny`, 400 steps; held-out loss 4.78 | 64.8% | 60.0% | 51.5% |"
+        "| GPT | `gpt_tiny`, 400 steps; held-out loss 4.78 | 64.8% | 60.0% | 51.5% | 53.2% |"
     )
-    assert (
-        lines[3] == "| T5 | p | 65.0% generated, 64.9% ranked | 65.0% generated, 64.9% ranked | - |"
+    assert lines[3] == (
+        "| T5 | p | 65.0% generated, 64.9% ranked | 65.0% generated, 64.9% ranked | - | - |"
     )
 
 

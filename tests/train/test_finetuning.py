@@ -57,13 +57,12 @@ def toy_task(tmp_path_factory):
     return directory
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, toy_task):
-    """A 2-step bert_tiny run on the toy sentences: its workdir."""
-    workdir = str(tmp_path_factory.mktemp("bert_pretrained"))
+def _pretrain(tmp_path_factory, toy_task, variant: str) -> str:
+    """A 2-step run of the pretraining `variant` on the toy sentences: its workdir."""
+    workdir = str(tmp_path_factory.mktemp(f"{variant}_pretrained"))
     config = tiny_config(
         str(toy_task / "train.tsv"),
-        "bert_tiny",
+        variant,
         **{
             "data.train.kind": "tsv",
             "data.train.column": "sentence",
@@ -73,6 +72,11 @@ def pretrained(tmp_path_factory, toy_task):
     )
     trainer.train(config, workdir)
     return workdir
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, toy_task):
+    return _pretrain(tmp_path_factory, toy_task, "bert_tiny")
 
 
 def finetune_config(toy_task, variant="bert_tiny_sst2", resolve=True, **overrides):
@@ -317,20 +321,8 @@ def _heads_file(workdir) -> dict:
 
 @pytest.fixture(scope="module")
 def roberta_pretrained(tmp_path_factory, toy_task):
-    """A 2-step roberta_tiny run (no NSP): its pooler and NSP head stay untrained."""
-    workdir = str(tmp_path_factory.mktemp("roberta_pretrained"))
-    config = tiny_config(
-        str(toy_task / "train.tsv"),
-        "roberta_tiny",
-        **{
-            "data.train.kind": "tsv",
-            "data.train.column": "sentence",
-            "train.num_steps": 2,
-            "train.checkpoint_every": 2,
-        },
-    )
-    trainer.train(config, workdir)
-    return workdir
+    """No NSP: its pooler and NSP head stay untrained."""
+    return _pretrain(tmp_path_factory, toy_task, "roberta_tiny")
 
 
 def test_heads_record_what_nothing_trained(

@@ -39,7 +39,7 @@ def test_tiny_bert_on_sst2_beats_the_frequent_token_then_the_majority(tmp_path, 
     assert final["eval/mlm/accuracy"] > 2 * baseline, (final, baseline)
     assert final["eval/mlm/accuracy"] > baseline + 0.04, (final, baseline)
 
-    # Then BERT's recipe: [CLS] sentence [SEP], a classifier on the pooled [CLS]: 0.63
+    # Then BERT's format: [CLS] sentence [SEP], a classifier on the pooled [CLS]: 0.60
     # against the majority class's 0.51 on the 872 dev sentences.
     metrics = finetune_sst2("bert", tmp_path / "run", shared_data_dir, tmp_path / "sst2")
     metrics = metrics["classifier"]

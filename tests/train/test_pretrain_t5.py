@@ -153,7 +153,7 @@ def test_tiny_t5_on_sst2_fills_sentinels_then_classifies_text_to_text(tmp_path, 
     for example, output in list(zip(examples, outputs))[:5]:  # for `pytest -s`
         print(tokenizer.decode(example["encoder_input_tokens"]), "->", tokenizer.decode(output))
 
-    # Then T5's recipe: "sst2 sentence: ..." -> "positive" / "negative": 0.65 both ways
+    # Then T5's format: "sst2 sentence: ..." -> "positive" / "negative": 0.62 both ways
     # against the majority class's 0.51, and every generated answer is a label word.
     metrics = finetune_sst2("t5", tmp_path / "run", shared_data_dir, tmp_path / "sst2")
     majority = metrics["ranked"]["majority_class_accuracy"]
