@@ -21,11 +21,12 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/t5x-lite demo --workdir=runs/demo
 
-# Every test but the three multi-minute SST-2 pretrain-then-fine-tune runs (~5 min).
+# Every test but the four multi-minute SST-2 end-to-end runs (~8 min).
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not e2e" tests
 
-# Those three (~6 min; they need T5X_LITE_DATA_DIR). CI runs them after `make test`.
+# Those four (~15 min: the tiny GPT, BERT and T5 pretrained then fine-tuned, and the real
+# MiniLM fine-tuned and exported; they need T5X_LITE_DATA_DIR). CI runs them after `make test`.
 test-e2e: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) -m e2e tests
 
