@@ -149,14 +149,14 @@ def config_of(command: list[str], resolve: bool = True):
     (config paths relative to the repository root) -> (config, workdir). A fine-tuning
     command's config is completed from its checkpoint, which must exist, unless
     `resolve` is False."""
+    from t5x_lite import api
     from t5x_lite import main as cli
-    from t5x_lite.train import finetuning
 
     args, extra = cli.build_parser().parse_known_args(command[1:])
-    args.config = os.path.join(ROOT, args.config)
-    config = cli._load_config(args, extra)
+    overrides = api.parse_overrides(extra)
+    config = api.load_config(os.path.join(ROOT, args.config), overrides)
     if args.command == "finetune" and resolve:
-        finetuning.resolve(config, cli._explicit_keys(extra))
+        api.resolve_finetuning(config, [key for key, _ in overrides])
     return config, args.workdir
 
 

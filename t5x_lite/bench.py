@@ -1,14 +1,14 @@
 """`t5x-lite bench`: how fast one training step of a config runs on this machine.
 
-Reports step time, tokens/s, model TFLOP/s and MFU, and memory. Model FLOPs per token
-follow PaLM (Chowdhery et al. 2022, app. B): 6 N for the N parameters used in matmuls
-(the tied or untied output projection included, embedding lookups excluded) plus
-12 L T d_attn for attention scores and values over the full sequence length T. An
-encoder-decoder row counts its encoder tokens (encoder layers, attention over the inputs)
-and its decoder tokens (decoder layers with cross-attention over the inputs, the output
-projection) separately; its tokens are inputs plus targets. MFU is that rate over a peak
-the user gives (`--peak_tflops`) or a dense fp32 matmul probe measures on the same
-devices.
+Reports step time, tokens/s, model TFLOP/s and MFU, and memory. Model FLOPs per row
+come from the family (`families/*.py`, after PaLM, Chowdhery et al. 2022, app. B): 6 N
+for the N parameters used in matmuls (the tied or untied output projection included,
+embedding lookups excluded) plus 12 L T d_attn for attention scores and values over the
+full sequence length T. An encoder-decoder row counts its encoder tokens (encoder
+layers, attention over the inputs) and its decoder tokens (decoder layers with
+cross-attention over the inputs, the output projection) separately; its tokens are
+inputs plus targets. MFU is that rate over a peak the user gives (`--peak_tflops`) or
+a dense fp32 matmul probe measures on the same devices.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_lite import families
 from t5x_lite.data import inputs
 from t5x_lite.train import partitioning, trainer
 
@@ -39,54 +40,6 @@ class BenchResult:
     temp_memory_mb: float
     state_memory_mb: float
     peak_rss_mb: float
-
-
-def flops_per_token(model_config, seq_len: int) -> float:
-    """Training FLOPs per token of a decoder-only or encoder-only model:
-    6 N (matmul params) + 12 L T d_attn (attention)."""
-    d, d_attn = model_config.d_model, model_config.num_heads * model_config.head_dim
-    per_layer = 4 * d * d_attn + _mlp_params(model_config)
-    matmul_params = model_config.num_layers * per_layer + model_config.vocab_size * d
-    if model_config.get("arch") == "encoder_only":
-        matmul_params += d * d  # the MLM head's transform before the output projection
-    attention = 12 * model_config.num_layers * seq_len * d_attn
-    return 6.0 * matmul_params + attention
-
-
-def encoder_decoder_flops(model_config, inputs_length: int, targets_length: int) -> float:
-    """Training FLOPs of one encoder-decoder row: encoder tokens through the encoder
-    layers, decoder tokens through the decoder layers (self- and cross-attention) and
-    the output projection."""
-    d, d_attn = model_config.d_model, model_config.num_heads * model_config.head_dim
-    attention_params, mlp_params = 4 * d * d_attn, _mlp_params(model_config)
-    encoder_params = model_config.num_encoder_layers * (attention_params + mlp_params)
-    decoder_params = (
-        model_config.num_decoder_layers * (2 * attention_params + mlp_params)
-        + model_config.vocab_size * d
-    )
-    encoder = 6.0 * encoder_params + 12 * model_config.num_encoder_layers * inputs_length * d_attn
-    decoder = (
-        6.0 * decoder_params
-        + 12 * model_config.num_decoder_layers * (targets_length + inputs_length) * d_attn
-    )
-    return inputs_length * encoder + targets_length * decoder
-
-
-def _mlp_params(model_config) -> int:
-    """wi and wo, or T5 1.1's gated wi_0, wi_1 and wo."""
-    matrices = 3 if model_config.get("mlp") == "gated_gelu" else 2
-    return matrices * model_config.d_model * model_config.d_ff
-
-
-def row_tokens_and_flops(config, feature_lengths: dict[str, int]) -> tuple[int, float]:
-    """-> (tokens in one training row, that row's training FLOPs)."""
-    if config.model.arch == "encoder_decoder":
-        inputs_length = feature_lengths["encoder_input_tokens"]
-        targets_length = feature_lengths["decoder_target_tokens"]
-        flops = encoder_decoder_flops(config.model, inputs_length, targets_length)
-        return inputs_length + targets_length, flops
-    seq_len = max(feature_lengths.values())
-    return seq_len, seq_len * flops_per_token(config.model, seq_len)
 
 
 def matmul_peak_tflops(sizes=(1024, 2048), repeats: int = 10) -> float:
@@ -128,7 +81,10 @@ def benchmark(config, *, steps: int, peak_tflops: float) -> BenchResult:
     state = trainer.init_state(run, config.seed)
     train_step = trainer.make_train_step(run)
     batch = partitioning.host_batch_to_global(random_batch(run, np.random.default_rng(0)), run.mesh)
-    row_tokens, row_flops = row_tokens_and_flops(config, run.objective.feature_lengths())
+    family = families.get(config.model.arch)
+    row_tokens, row_flops = family.row_tokens_and_flops(
+        config.model, run.objective.feature_lengths()
+    )
     tokens = config.data.batch_size * row_tokens
     with jax.set_mesh(run.mesh):
         start = time.perf_counter()

@@ -77,8 +77,7 @@ def sst2_dir() -> str | None:
 def finetune_on_sst2(pretrained_workdir: str) -> dict | None:
     """Fine-tune the demo model and the same model from random weights on SST-2; prints
     dev accuracy side by side (or how to get the data) -> {init: metrics} or None."""
-    from t5x_lite.downstream import evaluate
-    from t5x_lite.train import finetuning, restore, trainer
+    from t5x_lite import api
 
     sst2 = sst2_dir()
     if sst2 is None:
@@ -103,13 +102,11 @@ def finetune_on_sst2(pretrained_workdir: str) -> dict | None:
             ("optimizer.learning_rate", "1e-3"),
             ("optimizer.schedule", "cosine"),
         ]
-        config = config_lib.load(f"{FINETUNE_FILE}:gpt_tiny_sst2", overrides)
-        finetuning.resolve(config, {key for key, _ in overrides})  # as `t5x-lite finetune`
+        config = api.load_config(f"{FINETUNE_FILE}:gpt_tiny_sst2", overrides)
         workdir = fileio.join(pretrained_workdir, f"sst2_{init}")
         print(f"\nfine-tuning ({init} weights) on {FINETUNE_EXAMPLES} SST-2 sentences -> {workdir}")
-        result = trainer.train(config, workdir)
-        out_dir = evaluate.results_dir(workdir, config.task.eval.path)
-        metrics = evaluate.evaluate_restored(restore.from_result(result), out_dir)
+        # As `t5x-lite finetune` does: the overrides given are the explicit keys.
+        metrics = api.finetune(config, workdir, [key for key, _ in overrides])
         results[init] = metrics["classifier"]
     majority = results["pretrained"]["majority_class_accuracy"]
     print(f"\nSST-2 dev accuracy ({results['pretrained']['num_examples']} sentences):")

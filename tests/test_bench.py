@@ -5,6 +5,7 @@ import pytest
 
 from t5x_lite import bench
 from t5x_lite import config as config_lib
+from t5x_lite.families import decoder_only, encoder_decoder, encoder_only
 from tests.train.test_trainer import PRETRAIN
 
 
@@ -15,8 +16,8 @@ def test_flops_per_token_by_hand():
     # Per layer: q, k, v, out = 4 * 512 * 512; MLP = 2 * 512 * 2048. Output layer 8192 * 512.
     matmul_params = 8 * (4 * 512 * 512 + 2 * 512 * 2048) + 8192 * 512
     attention = 12 * 8 * 512 * 512
-    assert bench.flops_per_token(model, 512) == 6 * matmul_params + attention
-    assert bench.flops_per_token(model, 512) == pytest.approx(201.3e6, rel=1e-3)
+    assert decoder_only.flops_per_token(model, 512) == 6 * matmul_params + attention
+    assert decoder_only.flops_per_token(model, 512) == pytest.approx(201.3e6, rel=1e-3)
 
 
 def test_bench_runs_and_reports_consistent_figures():
@@ -31,7 +32,7 @@ def test_bench_runs_and_reports_consistent_figures():
     )
     result = bench.benchmark(config, steps=2, peak_tflops=1.0)
     assert result.tokens_per_s == pytest.approx(2 * 16 / result.step_time_s)
-    expected = result.tokens_per_s * bench.flops_per_token(config.model, 16) / 1e12
+    expected = result.tokens_per_s * decoder_only.flops_per_token(config.model, 16) / 1e12
     assert result.model_tflops == pytest.approx(expected)
     assert result.mfu == pytest.approx(result.model_tflops / 1.0)
     assert result.peak_source == "given" and result.state_memory_mb > 0
@@ -48,10 +49,10 @@ def test_encoder_decoder_flops_by_hand():
     encoder_token = 6 * 8 * (attn + mlp) + 12 * 8 * 512 * 384
     decoder_token = 6 * (8 * (2 * attn + mlp) + 32128 * 512) + 12 * 8 * (114 + 512) * 384
     expected = 512 * encoder_token + 114 * decoder_token
-    assert bench.encoder_decoder_flops(model, 512, 114) == expected
+    assert encoder_decoder.row_flops(model, 512, 114) == expected
     # ReLU MLPs (T5 1.0) have two matrices.
     model.mlp = "relu"
-    relu = bench.encoder_decoder_flops(model, 512, 114)
+    relu = encoder_decoder.row_flops(model, 512, 114)
     assert expected - relu == 6 * 512 * 1024 * 8 * (512 + 114)
 
 
@@ -70,10 +71,10 @@ def test_bench_runs_every_family(variant, lengths, row_tokens):
     result = bench.benchmark(config, steps=1, peak_tflops=1.0)
     assert result.tokens_per_s == pytest.approx(2 * row_tokens / result.step_time_s)
     if variant == "t5_tiny":
-        row_flops = bench.encoder_decoder_flops(config.model, 16, 8)
+        row_flops = encoder_decoder.row_flops(config.model, 16, 8)
     else:  # the MLM head's d x d transform on top of the layers
-        row_flops = 16 * bench.flops_per_token(config.model, 16)
-        assert bench.flops_per_token(config.model, 16) == pytest.approx(
+        row_flops = 16 * encoder_only.flops_per_token(config.model, 16)
+        assert encoder_only.flops_per_token(config.model, 16) == pytest.approx(
             6 * (2 * (4 * 128 * 128 + 2 * 128 * 512) + 512 * 128 + 128 * 128) + 12 * 2 * 16 * 128
         )
     assert result.model_flops_per_token == pytest.approx(row_flops / row_tokens)

@@ -23,10 +23,10 @@ from t5x_lite import config as config_lib
 from t5x_lite import fileio
 from t5x_lite import tokenizer as tokenizer_lib
 from t5x_lite.data import sources, tasks
-from t5x_lite.downstream import cloze
+from t5x_lite.downstream import cloze, pretrained
 from t5x_lite.errors import UserError
 from t5x_lite.hf_tokenizer import WordPieceTokenizer
-from t5x_lite.train import checkpoints, pretrained
+from t5x_lite.train import checkpoints
 
 from .test_cli_downstream import one_line_error, run_cli
 from .test_fileio import _NoBackend

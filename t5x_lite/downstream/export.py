@@ -11,18 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from t5x_lite import fileio
+from t5x_lite import families, fileio
 from t5x_lite import tokenizer as tokenizer_lib
 from t5x_lite.errors import UserError
-from t5x_lite.models import hf_bert, hf_gpt2, hf_t5
 
-# config.model.arch -> (param exporter, hf_spm template: the special tokens our
-# sentencepiece Tokenizer puts around a text for that family).
-_FAMILIES = {
-    "encoder_only": (hf_bert.export_hf_bert, "bert"),
-    "decoder_only": (hf_gpt2.export_hf_gpt2, "gpt"),
-    "encoder_decoder": (hf_t5.export_hf_t5, "t5"),
-}
 # The special ids a tokenizer may have, by attribute; each exporter reads the ones it
 # writes (pad / EOS / decoder start ids, GPT-1's [START] [DELIM] [EXTRACT]).
 _SPECIAL_ID_NAMES = ("pad_id", "eos_id", "unk_id", "bos_id", "mask_id", "cls_id", "sep_id")
@@ -49,27 +41,27 @@ def export_hf(
 
     Returns {"hf_class": the transformers class, "output_dir": ..., "files": [names]}.
     """
-    if "arch" not in model_config or model_config["arch"] not in _FAMILIES:
+    if model_config.get("arch") not in families.FAMILIES:
         raise UserError(
             f"config.model.arch={model_config.get('arch')!r} cannot be exported; "
-            f"valid: {', '.join(_FAMILIES)}"
+            f"valid: {', '.join(families.FAMILIES)}"
         )
+    family = families.FAMILIES[model_config["arch"]]
     _check_output_dir(output_dir)
     if tokenizer.vocab_size > model_config["vocab_size"]:
         raise UserError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but config.model.vocab_size="
             f"{model_config['vocab_size']}; export with the tokenizer the model was trained with"
         )
-    exporter, template = _FAMILIES[model_config["arch"]]
     if special_ids is None:
         special_ids = {
             name: getattr(tokenizer, name) for name in _SPECIAL_ID_NAMES if hasattr(tokenizer, name)
         }
     with fileio.staged_directory(output_dir) as staging:
-        summary = exporter(
+        summary = family.export_hf(
             model_config, params, staging, labels=tuple(labels), special_ids=special_ids
         )
-        _save_tokenizer(tokenizer, staging, template)
+        _save_tokenizer(tokenizer, staging, family.hf_tokenizer_template)
     return {
         "hf_class": summary["hf_class"],
         "output_dir": output_dir,

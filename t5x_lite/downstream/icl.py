@@ -31,10 +31,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from t5x_lite.downstream import scoring, task_metrics
+from t5x_lite import families
+from t5x_lite.downstream import task_metrics
 from t5x_lite.errors import UserError
 
-FAMILIES = ("decoder_only", "encoder_decoder")
 _TEMPLATE_FIELDS = ("a", "b")
 
 
@@ -88,7 +88,7 @@ def choose_demonstrations(train_examples: Sequence, k: int, rng: np.random.Gener
 
 
 def classify(
-    family: str,
+    arch: str,
     model,
     params,
     tokenizer,
@@ -99,55 +99,27 @@ def classify(
     decoder_start_id: int | None = None,
 ) -> np.ndarray:
     """float64 [len(prompts), len(label_words)]: log p(label word | prompt), tokenized
-    as in the module docstring. decoder_start_id is required for encoder_decoder."""
-    if family == "encoder_only":
-        raise UserError(
-            "in-context learning needs a model that generates text; encoder_only models "
-            "cannot score label words (fine-tune them instead)"
-        )
-    if family not in FAMILIES:
-        raise UserError(f"unknown model family {family!r}; use one of {FAMILIES}")
+    as the family of `arch` does (the module docstring). decoder_start_id is required
+    for encoder_decoder."""
+    family = families.get(arch)
     if not label_words or not all(word.strip() for word in label_words):
         raise UserError(f"label words {list(label_words)} must be non-empty words")
     prompt_ids = tokenizer.encode_batch(list(prompts))
     word_ids = tokenizer.encode_batch(list(label_words))
-    num_labels = len(word_ids)
-    if family == "decoder_only":
-        longest_word = max(len(ids) for ids in word_ids)
-        for index, ids in enumerate(prompt_ids):
-            length = 1 + len(ids) + longest_word
-            if length > model.max_len:
-                raise UserError(
-                    f"prompt {index} is {length} tokens with BOS and its longest label word "
-                    f"but the model's context is {model.max_len}; use fewer shots, a "
-                    "shorter template, or config.icl.fit_context=True"
-                )
-        contexts = [np.concatenate([[tokenizer.bos_id], ids]) for ids in prompt_ids]
-        scores = scoring.decoder_log_likelihoods(
-            model,
-            params,
-            [context for context in contexts for _ in range(num_labels)],
-            [word for _ in contexts for word in word_ids],
-            batch_size=batch_size,
-        )
-    else:
-        if decoder_start_id is None:
-            raise UserError("encoder_decoder in-context learning needs decoder_start_id")
-        inputs = [np.append(ids, tokenizer.eos_id) for ids in prompt_ids]
-        targets = [np.append(ids, tokenizer.eos_id) for ids in word_ids]
-        scores = scoring.encoder_decoder_log_likelihoods(
-            model,
-            params,
-            [input_ids for input_ids in inputs for _ in range(num_labels)],
-            [target for _ in inputs for target in targets],
-            batch_size=batch_size,
-            decoder_start_id=decoder_start_id,
-        )
-    return scores.reshape(len(prompt_ids), num_labels)
+    scores = family.score_label_words(
+        model,
+        params,
+        tokenizer,
+        prompt_ids,
+        word_ids,
+        batch_size=batch_size,
+        decoder_start_id=decoder_start_id,
+    )
+    return scores.reshape(len(prompt_ids), len(word_ids))
 
 
-def evaluate(
-    family: str,
+def evaluate_in_context(
+    arch: str,
     model,
     params,
     tokenizer,
@@ -181,7 +153,8 @@ def evaluate(
             f"{len(label_words)} label words; in-context evaluation needs a classification task"
         )
     results = {}
-    fit = _context_fitter(family, model, tokenizer, label_words) if fit_context else None
+    fitter = families.get(arch).context_fitter(model, tokenizer, label_words)
+    fit = fitter if fit_context else None
     for k in shots:
         prompts, used = [], []
         for i, example in enumerate(test_examples):
@@ -193,7 +166,7 @@ def evaluate(
             prompts.append(prompt)
             used.append(len(demos))
         log_likelihoods = classify(
-            family,
+            arch,
             model,
             params,
             tokenizer,
@@ -212,12 +185,3 @@ def evaluate(
             "mean_shots": float(np.mean(used)),
         }
     return results
-
-
-def _context_fitter(family: str, model, tokenizer, label_words: Sequence[str]):
-    """prompt -> whether BOS + prompt + the longest label word fit a decoder's context;
-    None for encoder-decoders (relative positions: no fixed context)."""
-    if family != "decoder_only":
-        return None
-    longest_word = max(len(ids) for ids in tokenizer.encode_batch(list(label_words)))
-    return lambda prompt: 1 + len(tokenizer.encode(prompt)) + longest_word <= model.max_len

@@ -351,7 +351,11 @@ def sample_from_config(run, params) -> tuple[str, str]:
         beam_size=cfg.beam_size,
         length_penalty_alpha=cfg.length_penalty_alpha,
     )[0]
-    how = "greedy"
-    if cfg.beam_size > 1:
-        how = f"beam search, {cfg.beam_size} beams, length penalty {cfg.length_penalty_alpha}"
-    return f"{cfg.prompt} -> {output}", how
+    return f"{cfg.prompt} -> {output}", describe(cfg.beam_size, cfg.length_penalty_alpha)
+
+
+def describe(beam_size: int, length_penalty_alpha: float) -> str:
+    """How outputs are searched, in words: 'greedy' or 'beam search, 4 beams, ...'."""
+    if beam_size <= 1:
+        return "greedy"
+    return f"beam search, {beam_size} beams, length penalty {length_penalty_alpha}"

@@ -23,42 +23,6 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "encoder_decoder": EncoderDecoder,
 }
 
-# Output heads: parameters outside the body that a checkpoint may lack or that an
-# objective may leave untrained (their top-level param names), per architecture. The
-# decoder's and the encoder-decoder's vocabulary logits belong to the body: GPT ties them
-# to the token table and every checkpoint format carries T5's.
-HEADS: dict[str, dict[str, tuple[str, ...]]] = {
-    "decoder_only": {"classifier": ("classifier",)},
-    "encoder_only": {
-        "pooler": ("pooler",),
-        "mlm": ("mlm_transform", "mlm_norm", "mlm_bias"),
-        "nsp": ("nsp",),
-        "classifier": ("classifier",),
-    },
-    "encoder_decoder": {},
-}
-# Model output -> the heads it is computed with.
-OUTPUT_HEADS: dict[str, dict[str, tuple[str, ...]]] = {
-    "decoder_only": {"logits": (), "class_logits": ("classifier",)},
-    "encoder_only": {
-        "mlm_logits": ("mlm",),
-        "nsp_logits": ("pooler", "nsp"),
-        "class_logits": ("pooler", "classifier"),
-    },
-    "encoder_decoder": {"logits": ()},
-}
-
-
-# The output that predicts tokens, per architecture (what generation and export use).
-LM_OUTPUT = {"decoder_only": "logits", "encoder_only": "mlm_logits", "encoder_decoder": "logits"}
-
-
-def head_of(arch: str, param_path: str) -> str | None:
-    """The head a parameter ('a/b/c' path) belongs to, or None for the body."""
-    top = param_path.split("/", 1)[0]
-    return next((head for head, tops in HEADS[arch].items() if top in tops), None)
-
-
 # Dataclass fields every flax Module has that are not model hyperparameters.
 _MODULE_PLUMBING_FIELDS = frozenset({"parent", "name"})
 

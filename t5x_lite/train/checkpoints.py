@@ -13,6 +13,8 @@ crash or Ctrl-C mid-save leaves the previous step as the latest good checkpoint.
 
 from __future__ import annotations
 
+import json
+
 import jax
 import orbax.checkpoint as ocp
 
@@ -92,3 +94,24 @@ def abstract_with_shardings(tree, shardings):
         tree,
         shardings,
     )
+
+
+# The heads nothing trained in a run (models/heads.py), next to its checkpoints.
+HEADS_FILE = "heads.json"
+
+
+def write_untrained_heads(workdir: str, untrained, origin: str) -> None:
+    fileio.makedirs(workdir)
+    heads = {"untrained": sorted(untrained), "origin": origin}
+    fileio.write_text(fileio.join(workdir, HEADS_FILE), json.dumps(heads, indent=2))
+
+
+def read_untrained_heads(workdir: str) -> frozenset:
+    """The heads a run never trained (runs older than heads.json: none known)."""
+    path = fileio.join(workdir, HEADS_FILE)
+    if not fileio.isfile(path):
+        return frozenset()
+    try:
+        return frozenset(json.loads(fileio.read_text(path))["untrained"])
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"{path} is not readable ({error}); restore or remove it") from None

@@ -48,7 +48,7 @@ def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
     )
 
 
-def _decay_mask(params):
+def decay_mask(params):
     """Weight decay on matrices (embeddings, kernels) only, not biases or norm scales."""
     return jax.tree_util.tree_map_with_path(
         lambda path, _: (
@@ -70,7 +70,7 @@ def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
             b2=opt_config.b2,
             eps=opt_config.eps,
             weight_decay=opt_config.weight_decay,
-            mask=_decay_mask,
+            mask=decay_mask,
         )
     elif opt_config.name == "adafactor":
         update = optax.adafactor(
@@ -79,7 +79,7 @@ def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
             clipping_threshold=opt_config.adafactor_clipping_threshold,
             multiply_by_parameter_scale=opt_config.adafactor_multiply_by_parameter_scale,
             weight_decay_rate=opt_config.weight_decay or None,
-            weight_decay_mask=_decay_mask,
+            weight_decay_mask=decay_mask,
         )
     else:
         raise UserError(

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -23,7 +24,8 @@ from t5x_lite import config as config_lib
 from t5x_lite import models
 from t5x_lite.data import inputs
 from t5x_lite.errors import Interrupted, UserError
-from t5x_lite.train import checkpoints, distributed, finetuning, losses, optim, partitioning
+from t5x_lite.models import heads
+from t5x_lite.train import checkpoints, distributed, losses, optim, partitioning
 from t5x_lite.train import metrics as metrics_lib
 from t5x_lite.train.state import TrainState
 
@@ -51,9 +53,11 @@ class Run:
         return {name: np.zeros((batch_size, n), np.int32) for name, n in shapes.items()}
 
 
-def build_run(config, tokenizer, devices=None) -> Run:
+def build_run(config, tokenizer, devices=None, wrap_optimizer=None) -> Run:
     """Mesh (over `devices`, default all), objective, model, optimizer and the train
-    state's shapes and shardings; settings that cannot shard fail here, before compiling."""
+    state's shapes and shardings; settings that cannot shard fail here, before compiling.
+    `wrap_optimizer(tx, params)` (params may be shapes) may change the optimizer, e.g.
+    to freeze parameters."""
     mesh = partitioning.make_mesh(config.partitioning.mesh, devices)
     rules = partitioning.rules(config.partitioning)
     partitioning.check_batch_size(config.data.batch_size, mesh)
@@ -65,7 +69,8 @@ def build_run(config, tokenizer, devices=None) -> Run:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         boxed_params = jax.eval_shape(params_initializer(run), jax.random.key(0))
     params = nn.meta.unbox(boxed_params)
-    run.tx = finetuning.wrap_optimizer(config, run.tx, params)
+    if wrap_optimizer is not None:
+        run.tx = wrap_optimizer(run.tx, params)
     abstract = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),
         params=params,
@@ -116,30 +121,30 @@ def init_state(run: Run, seed: int) -> TrainState:
         return jax.jit(_init(run), out_shardings=run.state_shardings)(jax.random.key(seed))
 
 
-def loss_sums(run: Run, params, batch, *, dropout_rng):
-    """Model outputs scored by each of the objective's loss terms -> (loss, per-term sums)."""
+def loss_sums(run: Run, params, batch, *, dropout_rng) -> dict:
+    """Model outputs scored by each of the objective's loss terms -> {term: its sums}.
+    Sums, not means: the caller normalizes (by the whole batch's weights when training
+    in micro-batches)."""
     deterministic = dropout_rng is None
     rngs = {} if deterministic else {"dropout": dropout_rng}
     outputs = run.model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs)
-    total, sums = 0.0, {}
-    for term in run.objective.loss_terms:
-        term_sums = losses.cross_entropy(
+    return {
+        term.name: losses.cross_entropy(
             outputs[term.output],
             batch[term.targets],
             batch[term.weights],
             label_smoothing=run.config.loss.label_smoothing,
             z_loss=run.config.loss.z_loss,
         )
-        total += term.scale * term_sums["loss_sum"] / jnp.maximum(term_sums["weight_sum"], 1.0)
-        sums[term.name] = term_sums
-    return total, sums
+        for term in run.objective.loss_terms
+    }
 
 
 def make_train_step(run: Run):
     """The jitted step: gradients summed over `config.train.microbatches` micro-batches,
     normalized by the whole batch's weights, so the update equals one full-batch step."""
     num_micro = run.config.train.microbatches
-    _check_microbatches(run.config.data.batch_size, num_micro, run.mesh)
+    check_microbatches(run.config.data.batch_size, num_micro, run.mesh)
     dropout_key = jax.random.key(run.config.seed + 1)
     schedule = optim.learning_rate_schedule(run.config.optimizer, run.config.train.num_steps)
 
@@ -167,7 +172,7 @@ def make_train_step(run: Run):
     )
 
 
-def _check_microbatches(batch_size: int, num_micro: int, mesh) -> None:
+def check_microbatches(batch_size: int, num_micro: int, mesh) -> None:
     """Every micro-batch must still give each data-parallel device the same number of rows."""
     dp = partitioning.data_parallel_size(mesh)
     if num_micro < 1 or batch_size % num_micro or (batch_size // num_micro) % dp:
@@ -191,7 +196,7 @@ def _grads_and_sums(run: Run, params, batch, weight_sums, rng):
     """Gradient of sum_t loss_sum_t / weight_sums[t] on `batch` -> (grads, per-term sums)."""
 
     def loss_fn(p):
-        _, sums = loss_sums(run, p, batch, dropout_rng=rng)
+        sums = loss_sums(run, p, batch, dropout_rng=rng)
         total = sum(
             term.scale * sums[term.name]["loss_sum"] / weight_sums[term.name]
             for term in run.objective.loss_terms
@@ -228,7 +233,7 @@ def _accumulate(run: Run, params, batch, weight_sums, rng, num_micro: int):
     zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     zero_grads = jax.lax.with_sharding_constraint(zero_grads, run.state_shardings.params)
     first = jax.tree.map(lambda feature: feature[0], micro_batches)
-    sums_shape = jax.eval_shape(lambda b: loss_sums(run, params, b, dropout_rng=rng)[1], first)
+    sums_shape = jax.eval_shape(lambda b: loss_sums(run, params, b, dropout_rng=rng), first)
     zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
     (grads, sums), _ = jax.lax.scan(
         body, (zero_grads, zero_sums), (jnp.arange(num_micro), micro_batches)
@@ -238,7 +243,7 @@ def _accumulate(run: Run, params, batch, weight_sums, rng, num_micro: int):
 
 def make_eval_step(run: Run):
     def eval_step(params, batch):
-        return loss_sums(run, params, batch, dropout_rng=None)[1]
+        return loss_sums(run, params, batch, dropout_rng=None)
 
     return jax.jit(
         eval_step,
@@ -247,7 +252,8 @@ def make_eval_step(run: Run):
     )
 
 
-def evaluate(run: Run, eval_step, params, dataset, max_batches: int) -> dict[str, float]:
+def evaluate_loss(run: Run, eval_step, params, dataset, max_batches: int) -> dict[str, float]:
+    """The loss terms' metrics summed over (at most `max_batches` of) `dataset`."""
     totals: dict = {}
     for i, host_batch in enumerate(dataset):
         if max_batches and i >= max_batches:
@@ -260,14 +266,6 @@ def evaluate(run: Run, eval_step, params, dataset, max_batches: int) -> dict[str
     return out
 
 
-def load_tokenizer(config, workdir: str, train_docs=None):
-    """A fine-tuning run's checkpoint tokenizer; else config.tokenizer.path, the workdir's
-    tokenizer.model, or one trained on `train_docs` into the workdir."""
-    return finetuning.load_tokenizer(config, workdir) or inputs.load_or_train_tokenizer(
-        config, workdir, train_docs
-    )
-
-
 @dataclasses.dataclass
 class TrainResult:
     run: Run
@@ -276,8 +274,27 @@ class TrainResult:
     workdir: str
 
 
-def train(config, workdir: str) -> TrainResult:
+@dataclasses.dataclass
+class Start:
+    """How a use of the trainer other than pretraining starts a run (fine-tuning builds
+    one: see downstream/finetune.py). A field left None takes pretraining's way."""
+
+    # (train, eval or None) documents or examples; None: read the config.data sources.
+    documents: tuple | None = None
+    # None: config.tokenizer.path, the workdir's tokenizer.model, or one trained.
+    tokenizer: object | None = None
+    # (run, fresh params) -> the first step's params (e.g. a pretrained body).
+    initial_params: Callable | None = None
+    # (optimizer, params) -> optimizer (e.g. a frozen body).
+    wrap_optimizer: Callable | None = None
+    # Heads the initial params have no trained weights for; None: all (a fresh start).
+    untrained_heads: frozenset | None = None
+    origin: str = "random initialization"  # where the initial params come from
+
+
+def train(config, workdir: str, start: Start | None = None) -> TrainResult:
     """Train (or resume) the run described by `config` in `workdir`."""
+    start = start or Start()
     distributed.initialize(config)  # before anything touches devices
     # Settings that cannot work fail here, before any data is read or anything compiled.
     partitioning.check_batch_size(
@@ -285,12 +302,11 @@ def train(config, workdir: str) -> TrainResult:
     )
     inputs.owned_shards(config.data, jax.process_index(), jax.process_count())
     inputs.check_objective(config)
-    train_docs, eval_docs = inputs.load_inputs(config)
-    finetuning.prepare(config, len(train_docs))  # fine-tuning: steps from epochs
+    train_docs, eval_docs = start.documents or inputs.load_documents(config.data)
     if jax.process_index() == 0:  # one writer: processes may share the workdir
         config_lib.save(config, workdir)
-    run = build_run(config, load_tokenizer(config, workdir, train_docs))
-    finetuning.report_inputs(run, train_docs, eval_docs, workdir)  # rows truncated
+    tokenizer = start.tokenizer or inputs.load_or_train_tokenizer(config, workdir, train_docs)
+    run = build_run(config, tokenizer, wrap_optimizer=start.wrap_optimizer)
     train_ds = inputs.train_dataset(config, train_docs, run.tokenizer, run.objective)
     eval_ds = eval_docs and inputs.eval_dataset(
         config, eval_docs, run.tokenizer, run.objective, max_batches=config.train.eval_batches
@@ -299,23 +315,25 @@ def train(config, workdir: str) -> TrainResult:
         eval_ds.set_num_batches(distributed.max_over_processes(eval_ds.local_num_batches()))
     train_step, eval_step = make_train_step(run), make_eval_step(run)
 
-    # Restore, or initialize from the seed (and a pretrained checkpoint, when fine-tuning).
+    # Restore, or initialize from the seed (and the start's initial params).
     ckpt = checkpoints.Checkpointer(
         workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
     )
     train_iter = iter(train_ds)
-    start = ckpt.latest_step()
-    if start is not None:
-        state, data_state = ckpt.restore(start, run.abstract_state, config)
+    first = ckpt.latest_step()
+    if first is not None:
+        state, data_state = ckpt.restore(first, run.abstract_state, config)
         train_iter.set_state(data_state)
     else:
-        start, state = 0, init_state(run, config.seed)
-        state = state.replace(params=finetuning.initial_params(run, state.params, workdir))
-    writer = metrics_lib.MetricWriter(workdir, start)
+        first, state = 0, init_state(run, config.seed)
+        if start.initial_params is not None:
+            state = state.replace(params=start.initial_params(run, state.params))
+        _record_untrained_heads(run, start, workdir)
+    writer = metrics_lib.MetricWriter(workdir, first)
     loop = _Loop(run, ckpt, writer, train_iter, train_step, eval_step, eval_ds)
     try:
-        with _stop_requests() as stop:
-            state = loop.execute(state, start, stop)
+        with stop_requests() as stop:
+            state = loop.execute(state, first, stop)
     except KeyboardInterrupt:
         ckpt.close()  # lets a save in flight finish; a half-written step is never "latest"
         raise Interrupted(
@@ -326,6 +344,18 @@ def train(config, workdir: str) -> TrainResult:
         writer.close()
     ckpt.close()
     return TrainResult(run, state, loop.history, workdir)
+
+
+def _record_untrained_heads(run: Run, start: Start, workdir: str) -> None:
+    """heads.json: the heads nothing will have trained, the objective training some and
+    the initial params bringing the others (see models/heads.py)."""
+    model_config = config_lib.to_dict(run.config)["model"]
+    outputs = [term.output for term in run.objective.loss_terms if term.scale > 0]
+    untrained = heads.of_model(model_config) - heads.trained_by(model_config["arch"], outputs)
+    if start.untrained_heads is not None:
+        untrained &= start.untrained_heads
+    if jax.process_index() == 0:
+        checkpoints.write_untrained_heads(workdir, untrained, start.origin)
 
 
 def _stop_agreed(stop: threading.Event, step: int, every: int) -> bool:
@@ -342,7 +372,7 @@ def _stop_agreed(stop: threading.Event, step: int, every: int) -> bool:
 
 
 @contextlib.contextmanager
-def _stop_requests():
+def stop_requests():
     """While the loop runs, Ctrl-C or SIGTERM only asks it to stop after the current
     step; the loop then checkpoints that step and raises KeyboardInterrupt. A second
     signal raises at once. (Raising at an arbitrary bytecode could land inside orbax's
@@ -409,7 +439,7 @@ class _Loop:
                 if self.eval_ds is not None and (
                     step % cfg.eval_every == 0 or step == cfg.num_steps
                 ):
-                    row = evaluate(
+                    row = evaluate_loss(
                         self.run, self.eval_step, state.params, self.eval_ds, cfg.eval_batches
                     )
                     self.writer.write(step, row)

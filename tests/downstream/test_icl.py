@@ -94,7 +94,7 @@ def test_decoder_classify_equals_scorer_and_evaluate_reads_only(tokenizer):
         )
         np.testing.assert_allclose(scores[row], expected, rtol=0, atol=1e-9)
 
-    results = icl.evaluate(
+    results = icl.evaluate_in_context(
         "decoder_only", DECODER, params, tokenizer, TRAIN, TEST,
         shots=[0, 1], template=TEMPLATE, label_words=WORDS, seed=0, batch_size=4,
     )  # fmt: skip
@@ -124,8 +124,8 @@ def test_fit_context_drops_the_first_demonstrations(tokenizer):
     assert lengths == [56, 70] and [len(tokenizer.encode(w)) for w in WORDS] == [1, 1]
     options = dict(shots=[4], template=TEMPLATE, label_words=WORDS, seed=0, batch_size=4)
     with pytest.raises(UserError, match="or config.icl.fit_context=True$"):
-        icl.evaluate("decoder_only", DECODER, params, tokenizer, TRAIN, TEST, **options)
-    results = icl.evaluate(
+        icl.evaluate_in_context("decoder_only", DECODER, params, tokenizer, TRAIN, TEST, **options)
+    results = icl.evaluate_in_context(
         "decoder_only", DECODER, params, tokenizer, TRAIN, TEST, fit_context=True, **options
     )
     assert results[4]["mean_shots"] == 3.0
@@ -144,7 +144,7 @@ def test_fit_context_drops_the_first_demonstrations(tokenizer):
     # Another batch size compiles another program: equal up to float32 rounding.
     np.testing.assert_allclose(results[4]["log_likelihoods"], expected, rtol=0, atol=1e-5)
     # Encoder-decoders have no fixed context: nothing is dropped.
-    t5 = icl.evaluate(
+    t5 = icl.evaluate_in_context(
         "encoder_decoder", ENCODER_DECODER, random_params(ENCODER_DECODER), tokenizer, TRAIN,
         TEST, fit_context=True, decoder_start_id=tokenizer.bos_id, **options,
     )  # fmt: skip
@@ -181,13 +181,13 @@ def test_user_errors(tokenizer):
             ["Review: ok\nSentiment:", long_prompt], WORDS, batch_size=2,
         )  # fmt: skip
     with pytest.raises(UserError, match="needs a model that generates text"):
-        icl.evaluate(
+        icl.evaluate_in_context(
             "encoder_only", ENCODER, random_params(ENCODER), tokenizer, TRAIN, TEST,
             shots=[0], template=TEMPLATE, label_words=WORDS, seed=0, batch_size=2,
         )  # fmt: skip
     text_to_text = [Example("great plot", None, -1, "yes", 2)]
     with pytest.raises(UserError, match=r"test labels must be class indices in \[0, 2\)"):
-        icl.evaluate(
+        icl.evaluate_in_context(
             "decoder_only", DECODER, None, tokenizer, TRAIN, text_to_text,
             shots=[0], template=TEMPLATE, label_words=WORDS, seed=0, batch_size=2,
         )  # fmt: skip

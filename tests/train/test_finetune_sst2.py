@@ -11,7 +11,7 @@ import pytest
 
 from experiments import sst2_transfer
 from t5x_lite.data import tasks
-from t5x_lite.downstream import evaluate
+from t5x_lite.downstream import evaluate, finetune
 from t5x_lite.train import trainer
 
 
@@ -30,7 +30,7 @@ def finetune_sst2(family, pretrained_workdir, shared_data_dir, workdir):
     )
     config = sst2_transfer.config_of(command)[0]
     assert config.task.train.max_examples == 2000
-    result = trainer.train(config, str(workdir))
+    result = finetune.train(config, str(workdir))
     examples = tasks.load_split(config.task, "eval")
     assert len(examples) == 872
     metrics = evaluate.evaluate_task(

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from t5x_lite import api
 from t5x_lite import config as config_lib
 from t5x_lite.data import tasks
-from t5x_lite.downstream import evaluate
+from t5x_lite.downstream import evaluate, finetune
 from t5x_lite.errors import UserError
-from t5x_lite.train import checkpoints, finetuning, trainer
+from t5x_lite.train import trainer
 
 from .test_trainer import ROOT, tiny_config
 
@@ -81,7 +82,7 @@ def pretrained(tmp_path_factory, toy_task):
 
 def finetune_config(toy_task, variant="bert_tiny_sst2", resolve=True, **overrides):
     """The config `t5x-lite finetune` would run, every override set on its command line
-    (resolve=False: as loaded, before `finetuning.resolve`)."""
+    (resolve=False: as loaded, before `finetune.resolve`)."""
     base = {
         **SMALL_MODEL,
         "model.max_len": 32,  # the pretraining run's position table
@@ -96,7 +97,7 @@ def finetune_config(toy_task, variant="bert_tiny_sst2", resolve=True, **override
     base.update(overrides)
     config = config_lib.load(f"{FINETUNE}:{variant}", [(k, str(v)) for k, v in base.items()])
     if resolve:
-        finetuning.resolve(config, set(base))
+        finetune.resolve(config, set(base))
     return config
 
 
@@ -104,23 +105,22 @@ def _flat(params):
     return traverse_util.flatten_dict(jax.device_get(params), sep="/")
 
 
-def _checkpoint_params(workdir, config_for_shapes):
-    run = trainer.build_run(config_for_shapes, trainer.load_tokenizer(config_for_shapes, workdir))
-    ckpt = checkpoints.Checkpointer(workdir, every=0, keep=1)
-    state, _ = ckpt.restore(ckpt.latest_step(), run.abstract_state, config_for_shapes)
-    ckpt.close()
-    return _flat(state.params)
+def _checkpoint_params(workdir):
+    return _flat(api.restore(workdir).params)
 
 
 def _initial_params(config, workdir):
-    run = trainer.build_run(config, finetuning.load_tokenizer(config, str(workdir)))
-    state = trainer.init_state(run, config.seed)
-    return _flat(state.params), _flat(finetuning.initial_params(run, state.params, str(workdir)))
+    """(fresh params, the params the fine-tuning run starts from)."""
+    begin = finetune.start(config, str(workdir))
+    run = trainer.build_run(config, begin.tokenizer, wrap_optimizer=begin.wrap_optimizer)
+    params = trainer.init_state(run, config.seed).params
+    initial = begin.initial_params(run, params) if begin.initial_params else params
+    return _flat(params), _flat(initial)
 
 
 def test_body_comes_from_the_checkpoint_and_the_head_is_fresh(toy_task, pretrained, tmp_path):
     config = finetune_config(toy_task, **{"finetune.checkpoint": pretrained})
-    saved = _checkpoint_params(pretrained, config_lib.load_saved(pretrained))
+    saved = _checkpoint_params(pretrained)
     fresh, initial = _initial_params(config, tmp_path / "a")
     heads = [path for path in initial if path.startswith("classifier/")]
     assert heads == ["classifier/dense/bias", "classifier/dense/kernel"]
@@ -143,8 +143,8 @@ def test_frozen_body_trains_only_the_classifier(toy_task, pretrained, tmp_path):
         **{"finetune.checkpoint": pretrained, "finetune.freeze_body": True, "finetune.epochs": 0},
         **{"train.num_steps": 3},
     )
-    result = trainer.train(config, str(tmp_path / "probe"))
-    saved = _checkpoint_params(pretrained, config_lib.load_saved(pretrained))
+    result = finetune.train(config, str(tmp_path / "probe"))
+    saved = _checkpoint_params(pretrained)
     after = _flat(result.state.params)
     for path, value in after.items():
         if path.startswith("classifier/"):
@@ -160,7 +160,7 @@ def test_classifier_head_learns_a_separable_task(toy_task, tmp_path, variant):
         variant,
         **{"finetune.init": "random", "finetune.epochs": 4.0, "model.max_len": 16},
     )
-    result = trainer.train(config, str(tmp_path / "run"))
+    result = finetune.train(config, str(tmp_path / "run"))
     assert config.train.num_steps == 64  # ceil(4 epochs * 256 examples / 16)
     examples = tasks.load_split(config.task, "eval")
     metrics = evaluate.evaluate_task(
@@ -200,7 +200,7 @@ def test_checkpoints_that_do_not_fit_are_refused(toy_task, pretrained, tmp_path)
         toy_task, **{"finetune.checkpoint": pretrained, "tokenizer.path": str(other_vocab)}
     )
     with pytest.raises(UserError, match="not the vocabulary the checkpoint was trained with"):
-        finetuning.load_tokenizer(config, str(tmp_path / "other_vocab"))
+        finetune.load_tokenizer(config, str(tmp_path / "other_vocab"))
     with pytest.raises(UserError, match="holds no checkpoint"):
         finetune_config(toy_task, **{"finetune.checkpoint": str(tmp_path)})
 
@@ -219,7 +219,7 @@ def test_checkpoints_that_do_not_fit_are_refused(toy_task, pretrained, tmp_path)
 def test_bad_finetune_settings(toy_task, overrides, needle):
     config = finetune_config(toy_task, resolve=False, **overrides)
     with pytest.raises(UserError, match=needle):
-        finetuning.prepare(config, 100)
+        finetune.prepare(config, 100)
 
 
 def test_freezing_a_text_to_text_model_is_an_error(toy_task):
@@ -227,7 +227,7 @@ def test_freezing_a_text_to_text_model_is_an_error(toy_task):
         f"{FINETUNE}:t5_tiny_sst2", [("finetune.freeze_body", "true"), ("finetune.init", "random")]
     )
     with pytest.raises(UserError, match="freeze_body needs a classifier head"):
-        finetuning.prepare(config, 100)
+        finetune.prepare(config, 100)
 
 
 def _resolved(toy_task, pretrained_dir, explicit: dict, variant="bert_tiny_sst2"):
@@ -239,7 +239,7 @@ def _resolved(toy_task, pretrained_dir, explicit: dict, variant="bert_tiny_sst2"
         **explicit,
     }
     config = config_lib.load(f"{FINETUNE}:{variant}", [(k, str(v)) for k, v in overrides.items()])
-    finetuning.resolve(config, set(overrides))
+    finetune.resolve(config, set(overrides))
     return config
 
 
@@ -250,7 +250,7 @@ def test_model_section_comes_from_the_checkpoint(toy_task, pretrained):
     # Every shape of the run it starts from, not the variant's d_model 128 / vocab 2048;
     # dropout and the classifier are the variant's (fine-tuning's own choices).
     for key in saved:
-        if key not in finetuning.FREE_MODEL_KEYS:
+        if key not in finetune.FREE_MODEL_KEYS:
             assert model[key] == saved[key], key
     assert (model["d_model"], model["vocab_size"], model["max_len"]) == (32, 450, 32)
     assert (model["dropout_rate"], model["num_classes"]) == (0.1, 2)
@@ -265,7 +265,7 @@ def test_num_classes_follows_the_labels_unless_set(toy_task, pretrained):
     config = _resolved(toy_task, pretrained, {"task.labels": labels, "model.num_classes": 5})
     assert config.model.num_classes == 5
     with pytest.raises(UserError, match="num_classes=5 but config.task.labels has 3"):
-        finetuning.prepare(config, 100)
+        finetune.prepare(config, 100)
 
 
 @pytest.mark.parametrize(
@@ -301,7 +301,7 @@ def test_the_recipe_follows_the_initialization(toy_task, variant, pretrained_rec
 
 def test_warmup_is_a_fraction_of_the_steps(toy_task):
     config = _resolved(toy_task, "", {"finetune.init": "random", "model.vocab_size": 450})
-    finetuning.prepare(config, 100)  # 3 epochs of 100 examples, batch 32
+    finetune.prepare(config, 100)  # 3 epochs of 100 examples, batch 32
     assert config.train.num_steps == 10
     assert config.optimizer.warmup_steps == 1  # ceil(0.1 * 10)
     with pytest.raises(UserError, match="warmup_fraction=0.1 sets config.optimizer.warmup_steps"):
@@ -311,8 +311,11 @@ def test_warmup_is_a_fraction_of_the_steps(toy_task):
         "",
         {"finetune.init": "random", "optimizer.warmup_steps": 5, "finetune.warmup_fraction": 0},
     )
-    finetuning.prepare(config, 100)
+    finetune.prepare(config, 100)
     assert config.optimizer.warmup_steps == 5
+
+
+ONE_STEP = {"finetune.epochs": 0, "train.num_steps": 1, "train.progress_bar": False}
 
 
 def _heads_file(workdir) -> dict:
@@ -338,15 +341,15 @@ def test_heads_record_what_nothing_trained(
         (roberta_pretrained, ["nsp"], "classifier, nsp, pooler"),
     ):
         workdir = tmp_path / os.path.basename(source)
-        config = _resolved(toy_task, source, {})
-        _initial_params(config, workdir)
+        finetune.train(_resolved(toy_task, source, ONE_STEP), str(workdir))
         assert _heads_file(workdir)["untrained"] == untrained
         out = capsys.readouterr().out
         assert out.count("fresh heads") == 1
         assert f"initialized from {source} (t5x_lite); fresh heads: {fresh}\n" in out
     # From random weights nothing but the classifier and pooler is trained.
     workdir = tmp_path / "random"
-    _initial_params(_resolved(toy_task, pretrained, {"finetune.init": "random"}), workdir)
+    config = _resolved(toy_task, pretrained, {"finetune.init": "random", **ONE_STEP})
+    finetune.train(config, str(workdir))
     assert _heads_file(workdir)["untrained"] == ["mlm", "nsp"]
 
 

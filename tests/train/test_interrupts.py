@@ -13,7 +13,7 @@ from t5x_lite.train import trainer
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_first_signal_requests_a_stop_the_second_raises(sig, capsys):
     before = signal.getsignal(sig)
-    with trainer._stop_requests() as stop:
+    with trainer.stop_requests() as stop:
         assert not stop.is_set()
         os.kill(os.getpid(), sig)  # handled before os.kill returns to Python code
         assert stop.is_set()
@@ -27,7 +27,7 @@ def test_outside_the_main_thread_nothing_is_installed():
     seen = {}
 
     def body():
-        with trainer._stop_requests() as stop:
+        with trainer.stop_requests() as stop:
             seen["handler"] = signal.getsignal(signal.SIGINT)
             seen["set"] = stop.is_set()
 

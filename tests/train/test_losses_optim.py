@@ -123,5 +123,5 @@ def test_unknown_optimizer_settings_fail_clearly():
 
 
 def test_weight_decay_skips_biases_and_scales():
-    mask = optim._decay_mask({"dense": {"kernel": 1, "bias": 2}, "norm": {"scale": 3}})
+    mask = optim.decay_mask({"dense": {"kernel": 1, "bias": 2}, "norm": {"scale": 3}})
     assert mask == {"dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}

@@ -100,9 +100,9 @@ def test_microbatches_must_split_batch_evenly(tmp_path, corpus, num_micro):
 
 def test_microbatches_keep_every_data_parallel_device_busy():
     mesh = jax.sharding.AbstractMesh((2, 2, 1), partitioning.MESH_AXES)
-    trainer._check_microbatches(8, 2, mesh)  # 4 rows per micro-batch, one per device
+    trainer.check_microbatches(8, 2, mesh)  # 4 rows per micro-batch, one per device
     with pytest.raises(UserError, match="data-parallel size 4 .*use a divisor of 2$"):
-        trainer._check_microbatches(8, 4, mesh)
+        trainer.check_microbatches(8, 4, mesh)
 
 
 def _floating_dtypes(tree) -> set:

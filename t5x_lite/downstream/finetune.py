@@ -1,46 +1,47 @@
-"""What the trainer does differently for a fine-tuning config (one with `config.task`):
-the model section and tokenizer from the checkpoint, the recipe that fits the
-initialization, steps from epochs, the pretrained weights, a frozen body.
+"""Fine-tuning, a use of the one trainer: a pretrained checkpoint (or random weights)
+trained on a labelled task (`config.task`).
 
-`resolve` runs once on the loaded config, before `train` (the CLI calls it with the keys
-the user set on the command line). The other functions are what the trainer calls; each
-is a no-op for pretraining configs, so the trainer stays one loop.
+`resolve` completes the loaded config from the checkpoint: the model section and format,
+`num_classes` from the labels, the recipe that fits the initialization (the CLI calls
+it with the keys the user set on the command line). `train` then builds the trainer's
+`Start`: the task's examples, steps from epochs, the checkpoint's tokenizer copied into
+the run directory, the pretrained weights and a frozen body.
 
-Weights (`config.finetune.checkpoint`, `checkpoint_format`; see `train/pretrained.py`): a
+Weights (`config.finetune.checkpoint`, `checkpoint_format`; see `pretrained.py`): a
 t5x_lite run or step directory, or a Hugging Face directory. The checkpoint's model
 section replaces `config.model` except `FREE_MODEL_KEYS`; a model key the user set that
-the checkpoint contradicts is an error listing every such key. The tokenizer is the
-checkpoint's, copied into the run directory. Parameters of the body and of the heads the
-checkpoint trained are restored; the classifier, and any head the checkpoint has no
-trained weights for, keep their fresh initialization (said once, in one line).
-`init=random` keeps every fresh parameter: the no-pretraining baseline with the same
-tokenizer and shapes, trained with `finetune.random_init_optimizer` over
+the checkpoint contradicts is an error listing every such key. Parameters of the body
+and of the heads the checkpoint trained are restored; the classifier, and any head the
+checkpoint has no trained weights for, keep their fresh initialization (said once, in
+one line). `init=random` keeps every fresh parameter: the no-pretraining baseline with
+the same tokenizer and shapes, trained with `finetune.random_init_optimizer` over
 `config.optimizer` (which holds the recipe for pretrained weights).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
 import jax
-import ml_collections
 import optax
 from flax import traverse_util
 
 from t5x_lite import config as config_lib
-from t5x_lite import fileio, models
+from t5x_lite import fileio
+from t5x_lite.data import inputs
+from t5x_lite.data import tasks as labelled
+from t5x_lite.downstream import pretrained
 from t5x_lite.errors import UserError
-from t5x_lite.train import distributed, pretrained
+from t5x_lite.models import heads
+from t5x_lite.objectives import tasks as task_objectives
+from t5x_lite.train import distributed, trainer
 
 # Model keys a fine-tuning run may set differently from its checkpoint.
 FREE_MODEL_KEYS = ("num_classes", "dropout_rate", "dtype", "remat_policy", "attention_impl")
 INITS = ("pretrained", "random")
 HEAD = "classifier"  # the parameters a classification head adds
-
-
-def is_finetuning(config) -> bool:
-    return "task" in config
 
 
 def resolve(config, explicit_keys=frozenset()) -> None:
@@ -55,9 +56,11 @@ def resolve(config, explicit_keys=frozenset()) -> None:
             ft.checkpoint, ft.checkpoint_format, "config.finetune.checkpoint_format"
         )
         ft.checkpoint_format = checkpoint.format
-        adopt_model(config, checkpoint.model, explicit_keys, checkpoint.path)
+        pretrained.adopt_model(
+            config, checkpoint.model, explicit_keys, checkpoint.path, FREE_MODEL_KEYS
+        )
         _fit_rows(config, explicit_keys)
-    if config.objective.name == "classification" and "model.num_classes" not in explicit_keys:
+    if _has_classifier(config) and "model.num_classes" not in explicit_keys:
         config.model.num_classes = len(config.task.labels)
     if ft.init == "random":
         for key, value in ft.random_init_optimizer.items():
@@ -96,45 +99,12 @@ def _check_init(ft) -> None:
         )
 
 
-def adopt_model(
-    config, checkpoint_model: dict, explicit_keys, where: str, free=FREE_MODEL_KEYS
-) -> None:
-    """config.model <- the checkpoint's model section, keeping the config's `free` keys
-    and failing (once, listing them all) on user-set keys the checkpoint contradicts."""
-    current = config_lib.to_dict(config)["model"]
-    if checkpoint_model["arch"] != current["arch"]:
-        raise UserError(
-            f"{where} holds a {checkpoint_model['arch']} model but config.model.arch is "
-            f"{current['arch']}; fine-tune it with a variant of its family"
-        )
-    conflicts = [
-        f"{key}: checkpoint {value!r}, --config.model.{key}={current.get(key)!r}"
-        for key, value in sorted(checkpoint_model.items())
-        if key not in free and f"model.{key}" in explicit_keys and current.get(key) != value
-    ]
-    if conflicts:
-        raise UserError(
-            f"the checkpoint {where} contradicts the model settings you gave "
-            f"({'; '.join(conflicts)}); drop those overrides: the model comes from the checkpoint"
-        )
-    adopted = {
-        key: current[key] if key in free and key in current else value
-        for key, value in checkpoint_model.items()
-    }
-    # A new section, not assignment into the old one: the variant's model keys may be
-    # references to other sections (e.g. vocab_size to tokenizer.vocab_size).
-    config.model = ml_collections.ConfigDict(adopted)
-    config.lock()
-
-
 def prepare(config, num_train_examples: int) -> None:
     """Check the fine-tuning settings; train.num_steps from finetune.epochs and
     optimizer.warmup_steps from finetune.warmup_fraction."""
-    if not is_finetuning(config):
-        return
     ft = config.finetune
     _check_init(ft)
-    classifier = config.objective.name == "classification"
+    classifier = _has_classifier(config)
     if classifier and config.model.num_classes != len(config.task.labels):
         raise UserError(
             f"config.model.num_classes={config.model.num_classes} but config.task.labels has "
@@ -154,17 +124,12 @@ def prepare(config, num_train_examples: int) -> None:
 INPUTS_FILE = "inputs.json"
 
 
-def report_inputs(run, train_docs, eval_docs, workdir: str) -> None:
-    """Fine-tuning: say (and write to `<workdir>/inputs.json`) how many rows of each split
-    the row length truncates; nothing for pretraining."""
-    if not is_finetuning(run.config):
-        return
-    from t5x_lite.objectives import tasks as task_objectives
-
+def _report_truncation(objective, tokenizer, train_examples, eval_examples, workdir) -> None:
+    """Say (and write to `<workdir>/inputs.json`) how many rows of each split the row
+    length truncates."""
     report = {
-        split: task_objectives.truncation(run.objective, run.tokenizer, docs)
-        for split, docs in (("train", train_docs), ("eval", eval_docs))
-        if docs
+        split: task_objectives.truncation(objective, tokenizer, examples)
+        for split, examples in (("train", train_examples), ("eval", eval_examples))
     }
     for split, counts in report.items():
         _say(
@@ -185,10 +150,10 @@ def _checkpoint(config) -> pretrained.Checkpoint:
 
 
 def load_tokenizer(config, workdir: str):
-    """The fine-tuning run's tokenizer, or None for a pretraining config (which trains or
-    loads its own). The first start copies the checkpoint's into the run directory (from
-    process 0); later ones, and eval/generate/export, read the copy."""
-    if not is_finetuning(config) or not config.finetune.checkpoint:
+    """The checkpoint's tokenizer, copied into the run directory by the first start (from
+    process 0); later ones, and eval/generate/export, read the copy. None without a
+    checkpoint: the trainer then loads config.tokenizer.path or trains one."""
+    if not config.finetune.checkpoint:
         return None
     if jax.process_index() == 0 and not pretrained.has_tokenizer(workdir):
         pretrained.copy_tokenizer(_checkpoint(config), workdir)
@@ -212,40 +177,66 @@ def _check_tokenizer_path(config, workdir: str) -> None:
         )
 
 
-def wrap_optimizer(config, tx: optax.GradientTransformation, params):
-    """With finetune.freeze_body, every update but the classifier head's is zeroed after
-    the optimizer (weight decay included), so the body stays bit-identical. `params` may
-    be shapes (jax.eval_shape's); only its tree is read. The optimizer still keeps
-    moments for the body (zeros, as its gradients are used): simple, and the optimizer
-    state keeps the shape that the sharding rules expect."""
-    if not is_finetuning(config) or not config.finetune.freeze_body:
-        return tx
+def freeze_body(tx: optax.GradientTransformation, params):
+    """Every update but the classifier head's zeroed after the optimizer (weight decay
+    included), so the body stays bit-identical. `params` may be shapes (jax.eval_shape's);
+    only its tree is read. The optimizer still keeps moments for the body (zeros, as its
+    gradients are used): simple, and the optimizer state keeps the shape that the
+    sharding rules expect."""
     flat = traverse_util.flatten_dict(params)
     body = traverse_util.unflatten_dict({path: HEAD not in path for path in flat})
     return optax.chain(tx, optax.masked(optax.set_to_zero(), body))
 
 
-def initial_params(run, params, workdir: str):
+def initialize(run, params, checkpoint: pretrained.Checkpoint):
     """Fresh `params` with the body and the checkpoint's trained heads replaced by its
-    weights (fine-tuning from a pretrained checkpoint); unchanged otherwise. Writes the
-    run's `heads.json` (the heads nothing has trained) and says which heads are fresh."""
-    config = run.config
-    model_config = config_lib.to_dict(config)["model"]
-    trained_now = pretrained.heads_trained_by(model_config["arch"], run.objective.loss_terms)
-    untrained = pretrained.model_heads(model_config) - trained_now
-    origin = "random initialization"
-    if is_finetuning(config) and config.finetune.init == "pretrained":
-        checkpoint = _checkpoint(config)
-        _check_model(checkpoint.model, config, checkpoint.path)
-        keep_fresh = checkpoint.untrained_heads | {HEAD}
-        params = _restore_body(run, params, checkpoint, keep_fresh)
-        untrained &= checkpoint.untrained_heads
-        origin = f"{checkpoint.path} ({checkpoint.format})"
-        fresh = sorted(pretrained.model_heads(model_config) & keep_fresh)
-        _say(f"initialized from {origin}; fresh heads: {', '.join(fresh) or 'none'}")
-    if jax.process_index() == 0:
-        pretrained.write_untrained_heads(workdir, untrained, origin)
+    weights; says which heads start fresh."""
+    _check_model(checkpoint.model, run.config, checkpoint.path)
+    keep_fresh = checkpoint.untrained_heads | {HEAD}
+    params = _restore_body(run, params, checkpoint, keep_fresh)
+    fresh = sorted(heads.of_model(config_lib.to_dict(run.config)["model"]) & keep_fresh)
+    _say(f"initialized from {_origin(checkpoint)}; fresh heads: {', '.join(fresh) or 'none'}")
     return params
+
+
+def _origin(checkpoint: pretrained.Checkpoint) -> str:
+    return f"{checkpoint.path} ({checkpoint.format})"
+
+
+def start(config, workdir: str) -> trainer.Start:
+    """How the fine-tuning run described by the resolved `config` starts."""
+    train_examples = labelled.load_split(config.task, "train")
+    eval_examples = labelled.load_split(config.task, "eval")
+    prepare(config, len(train_examples))
+    tokenizer = load_tokenizer(config, workdir) or inputs.load_or_train_tokenizer(
+        config, workdir, train_examples
+    )
+    objective = inputs.build_objective(config, tokenizer)
+    _report_truncation(objective, tokenizer, train_examples, eval_examples, workdir)
+    ft = config.finetune
+    begin = trainer.Start(
+        documents=(train_examples, eval_examples),
+        tokenizer=tokenizer,
+        wrap_optimizer=freeze_body if ft.freeze_body else None,
+    )
+    if ft.init == "pretrained":
+        checkpoint = _checkpoint(config)
+        begin.initial_params = functools.partial(initialize, checkpoint=checkpoint)
+        begin.untrained_heads = checkpoint.untrained_heads
+        begin.origin = _origin(checkpoint)
+    return begin
+
+
+def train(config, workdir: str) -> trainer.TrainResult:
+    """Fine-tune (or resume) the run of the resolved `config` in `workdir`."""
+    distributed.initialize(config)  # before anything touches devices
+    return trainer.train(config, workdir, start(config, workdir))
+
+
+def _has_classifier(config) -> bool:
+    """Whether the model carries a classification head: the decoder's and the encoder's
+    fine-tuning formats classify; the encoder-decoder's writes the label as text."""
+    return "num_classes" in config.model
 
 
 def _say(line: str) -> None:
@@ -259,7 +250,7 @@ def _restore_body(run, params, checkpoint, keep_fresh) -> dict:
     wanted = {
         path: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
         for path, leaf in fresh.items()
-        if models.head_of(arch, path) not in keep_fresh
+        if heads.head_of(arch, path) not in keep_fresh
     }
     loaded = checkpoint.load_params(wanted)
     merged = {}

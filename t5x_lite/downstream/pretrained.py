@@ -26,33 +26,22 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from t5x_lite import fileio, models
+from t5x_lite import config as config_lib
+from t5x_lite import families, fileio
 from t5x_lite import tokenizer as tokenizer_lib
 from t5x_lite.errors import UserError
+from t5x_lite.models import heads
+from t5x_lite.train import checkpoints
 
-# HF config.json `model_type` -> format.
-HF_MODEL_TYPES = {"bert": "hf_bert", "t5": "hf_t5", "gpt2": "hf_gpt2"}
-FORMATS = ("auto", "t5x_lite", *HF_MODEL_TYPES.values())
+FORMATS = ("auto", "t5x_lite", *families.BY_HF_FORMAT)
 # Where a run keeps a Hugging Face tokenizer, and the file that names its format.
 HF_TOKENIZER_DIR = "tokenizer"
 _TOKENIZER_FORMAT_FILE = "format.json"
-HEADS_FILE = "heads.json"
-
-
-def _hf_loaders() -> dict:
-    """format -> (params loader, tokenizer class); imported on use (tokenizers, safetensors)."""
-    from t5x_lite.hf_tokenizer import WordPieceTokenizer
-    from t5x_lite.models import hf_bert, hf_gpt2, hf_t5
-
-    return {
-        "hf_bert": (hf_bert.load_hf_bert, WordPieceTokenizer),
-        "hf_t5": (hf_t5.load_hf_t5, hf_t5.T5Tokenizer),
-        "hf_gpt2": (hf_gpt2.load_hf_gpt2, hf_gpt2.GPT2Tokenizer),
-    }
 
 
 def _read_json(path: str) -> dict | None:
@@ -73,12 +62,12 @@ def detect_format(path: str, declared: str = "auto", key: str = "--checkpoint_fo
     hf_config = _read_json(fileio.join(path, "config.json")) or {}
     if "model_type" in hf_config:
         model_type = hf_config["model_type"]
-        if model_type not in HF_MODEL_TYPES:
+        if model_type not in families.BY_HF_MODEL_TYPE:
             raise UserError(
                 f"{path} holds a Hugging Face {model_type!r} model; t5x_lite reads "
-                f"{', '.join(HF_MODEL_TYPES)}"
+                f"{', '.join(families.BY_HF_MODEL_TYPE)}"
             )
-        found = HF_MODEL_TYPES[model_type]
+        found = families.BY_HF_MODEL_TYPE[model_type].hf_format
     else:
         if "model" not in hf_config:  # not a run's own config.json either
             step_dir(path)  # fails with what to give instead
@@ -141,7 +130,7 @@ class Checkpoint:
         sentencepiece model (`tokenizer.model`) beside the HF files: that one is read."""
         spm_path = fileio.join(self.path, "tokenizer.model")
         if self.is_hf and not fileio.isfile(spm_path):
-            return _hf_loaders()[self.format][1](self.path)
+            return families.BY_HF_FORMAT[self.format].hf_tokenizer(self.path)
         return load_run_tokenizer(self.tokenizer_dir)
 
     def load_params(self, wanted: dict) -> dict:
@@ -174,7 +163,7 @@ def open_checkpoint(path: str, declared: str = "auto", key: str = "--checkpoint_
             restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         finally:
             manager.close()
-        untrained = read_untrained_heads(_run_dir(directory))
+        untrained = checkpoints.read_untrained_heads(_run_dir(directory))
         return Checkpoint(path, found, restored.config["model"], untrained, step, directory)
     weights = fileio.join(path, "model.safetensors")
     mtime = fileio.modified_ns(weights) if fileio.exists(weights) else 0
@@ -185,13 +174,9 @@ def open_checkpoint(path: str, declared: str = "auto", key: str = "--checkpoint_
 # file's modification time is part of the key, so a rewritten checkpoint is read anew.
 @functools.lru_cache(maxsize=1)
 def _open_hf(path: str, found: str, mtime_ns: int) -> Checkpoint:
-    from t5x_lite.models import hf_bert
-
-    model, params = _hf_loaders()[found][0](path, rng=jax.random.key(0))
-    # Only BERT's heads are separate tensors a checkpoint may lack; GPT-2's and T5's
-    # vocabulary heads are always there (tied to the embedding or saved).
-    present = hf_bert.checkpoint_heads(path) if found == "hf_bert" else frozenset()
-    untrained = model_heads(model) - present
+    family = families.BY_HF_FORMAT[found]
+    model, params = family.load_hf(path, jax.random.key(0))
+    untrained = heads.of_model(model) - family.hf_heads_present(path)
     flat = traverse_util.flatten_dict(params, sep="/")
     return Checkpoint(path, found, model, frozenset(untrained), hf_params=flat)
 
@@ -217,7 +202,7 @@ def load_run_tokenizer(run_dir: str):
     hf_dir = fileio.join(run_dir, HF_TOKENIZER_DIR)
     saved = _read_json(fileio.join(hf_dir, _TOKENIZER_FORMAT_FILE))
     if saved is not None:
-        return _hf_loaders()[saved["format"]][1](hf_dir)
+        return families.BY_HF_FORMAT[saved["format"]].hf_tokenizer(hf_dir)
     path = fileio.join(run_dir, "tokenizer.model")
     if not fileio.isfile(path):
         raise UserError(
@@ -259,40 +244,41 @@ def _copy(source: str, target: str) -> None:
         fileio.copy_file(source, target)
 
 
-def read_untrained_heads(run_dir: str) -> frozenset:
-    """The heads a run never trained (`heads.json`; runs older than it: none known)."""
-    saved = _read_json(fileio.join(run_dir, HEADS_FILE))
-    return frozenset(saved["untrained"]) if saved else frozenset()
-
-
-def write_untrained_heads(run_dir: str, untrained, origin: str) -> None:
-    fileio.makedirs(run_dir)
-    heads = {"untrained": sorted(untrained), "origin": origin}
-    fileio.write_text(fileio.join(run_dir, HEADS_FILE), json.dumps(heads, indent=2))
-
-
-def heads_trained_by(arch: str, loss_terms) -> frozenset:
-    """The heads an objective's loss terms (with a positive scale) train."""
-    outputs = models.OUTPUT_HEADS[arch]
-    return frozenset(
-        head for term in loss_terms if term.scale > 0 for head in outputs.get(term.output, ())
-    )
-
-
-def model_heads(model_config) -> frozenset:
-    """The heads a model built from `model_config` has."""
-    heads = set(models.HEADS[model_config["arch"]])
-    if not model_config.get("num_classes"):  # the encoder-decoder has no classifier
-        heads.discard("classifier")
-    return frozenset(heads)
-
-
 def check_heads(untrained, arch: str, output: str, where: str, allow_fresh: bool) -> None:
     """One line naming the untrained heads that computing `output` needs."""
-    missing = sorted(set(models.OUTPUT_HEADS[arch].get(output, ())) & set(untrained))
+    missing = sorted(set(heads.OUTPUT_HEADS[arch].get(output, ())) & set(untrained))
     if missing and not allow_fresh:
         raise UserError(
             f"{where} has no trained {', '.join(missing)} head (needed for {output}); its "
             "weights would be random. Use a checkpoint with that head (e.g. BertForMaskedLM "
             "for [MASK] filling), or pass --allow_fresh_heads to run a fresh one anyway"
         )
+
+
+def adopt_model(config, checkpoint_model: dict, explicit_keys, where: str, free) -> None:
+    """config.model <- the checkpoint's model section, keeping the config's `free` keys
+    and failing (once, listing them all) on user-set keys the checkpoint contradicts."""
+    current = config_lib.to_dict(config)["model"]
+    if checkpoint_model["arch"] != current["arch"]:
+        raise UserError(
+            f"{where} holds a {checkpoint_model['arch']} model but config.model.arch is "
+            f"{current['arch']}; fine-tune it with a variant of its family"
+        )
+    conflicts = [
+        f"{key}: checkpoint {value!r}, --config.model.{key}={current.get(key)!r}"
+        for key, value in sorted(checkpoint_model.items())
+        if key not in free and f"model.{key}" in explicit_keys and current.get(key) != value
+    ]
+    if conflicts:
+        raise UserError(
+            f"the checkpoint {where} contradicts the model settings you gave "
+            f"({'; '.join(conflicts)}); drop those overrides: the model comes from the checkpoint"
+        )
+    adopted = {
+        key: current[key] if key in free and key in current else value
+        for key, value in checkpoint_model.items()
+    }
+    # A new section, not assignment into the old one: the variant's model keys may be
+    # references to other sections (e.g. vocab_size to tokenizer.vocab_size).
+    config.model = ml_collections.ConfigDict(adopted)
+    config.lock()

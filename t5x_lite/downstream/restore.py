@@ -4,7 +4,7 @@ Face directory, as a `Run` (model, tokenizer, objective, mesh) and its parameter
 `eval`, `generate`, `cloze`, `icl` and `export` all start here. A run brings its own
 config (`config.json`); a Hugging Face directory brings only the model, so its other
 settings (sampling, objective lengths, the task) come from a config file: `--config`, or
-the family's variant of `gin_configs/pretrain.py` (`FAMILY_VARIANTS`).
+the family's variant of `gin_configs/pretrain.py` (`Family.default_config`).
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ import jax
 from flax import traverse_util
 
 from t5x_lite import config as config_lib
-from t5x_lite import fileio
+from t5x_lite import families, fileio
+from t5x_lite.data import inputs
+from t5x_lite.downstream import pretrained
 from t5x_lite.errors import UserError
-from t5x_lite.train import checkpoints, finetuning, pretrained, trainer
+from t5x_lite.train import checkpoints, trainer
 
 # The config a Hugging Face directory's model is dropped into when no --config is given.
-FAMILY_VARIANTS = {
-    "decoder_only": "pretrain.py:gpt_small",
-    "encoder_only": "pretrain.py:bert_base",
-    "encoder_decoder": "pretrain.py:t5_base",
-}
 # Model keys that describe how to compute, not what was trained: a restored model takes
 # them from the config (e.g. --config.model.dtype=bfloat16), everything else from the
 # checkpoint.
@@ -38,7 +35,7 @@ class Restored:
     path: str  # the run or Hugging Face directory
     source: str  # what was restored, for reports: 'DIR, step N' or 'DIR (hf_bert)'
     step: int | None  # the checkpoint's step; None for a Hugging Face directory
-    untrained_heads: frozenset  # heads with random weights (see train/pretrained.py)
+    untrained_heads: frozenset  # heads with random weights (see models/heads.py)
 
     def check_output(self, output: str, allow_fresh: bool) -> None:
         """A one-line error if computing model output `output` needs an untrained head."""
@@ -69,7 +66,7 @@ def restore(
 
 def _restore_run(workdir: str, overrides) -> Restored:
     config = config_lib.load_saved(workdir, overrides)
-    run = trainer.build_run(config, trainer.load_tokenizer(config, workdir))
+    run = trainer.build_run(config, _run_tokenizer(config, workdir))
     ckpt = checkpoints.Checkpointer(workdir, every=0, keep=1)
     step = ckpt.latest_step()
     if step is None:
@@ -77,7 +74,7 @@ def _restore_run(workdir: str, overrides) -> Restored:
         raise UserError(f"{workdir} has no checkpoint; train it first")
     state, _ = ckpt.restore(step, run.abstract_state, config)
     ckpt.close()
-    untrained = pretrained.read_untrained_heads(workdir)
+    untrained = checkpoints.read_untrained_heads(workdir)
     source = f"{workdir}, step {step}"
     return Restored(run, state.params, fileio.absolute(workdir), source, step, untrained)
 
@@ -85,7 +82,7 @@ def _restore_run(workdir: str, overrides) -> Restored:
 def from_result(result: trainer.TrainResult) -> Restored:
     """The model a training run just finished with, as `restore` would give it."""
     step = int(jax.device_get(result.state.step))
-    untrained = pretrained.read_untrained_heads(result.workdir)
+    untrained = checkpoints.read_untrained_heads(result.workdir)
     source = f"{result.workdir}, step {step}"
     path = fileio.absolute(result.workdir)
     return Restored(result.run, result.state.params, path, source, step, untrained)
@@ -96,7 +93,7 @@ def _restore_hf(path: str, found: str, overrides, config_spec: str) -> Restored:
     arch = checkpoint.model["arch"]
     config = config_lib.load(config_spec or _family_spec(arch, path), overrides)
     free = [key for key in COMPUTE_KEYS if key in config.model]
-    finetuning.adopt_model(
+    pretrained.adopt_model(
         config, checkpoint.model, {key for key, _ in overrides}, checkpoint.path, free
     )
     run = trainer.build_run(config, checkpoint.load_tokenizer())
@@ -111,8 +108,16 @@ def _restore_hf(path: str, found: str, overrides, config_spec: str) -> Restored:
     return Restored(run, params, checkpoint.path, source, None, checkpoint.untrained_heads)
 
 
+def _run_tokenizer(config, workdir: str):
+    """The tokenizer a run keeps (fine-tuning copies its checkpoint's in), or the one
+    its config names (a pretraining run given config.tokenizer.path)."""
+    if pretrained.has_tokenizer(workdir):
+        return pretrained.load_run_tokenizer(workdir)
+    return inputs.load_or_train_tokenizer(config, workdir, None)
+
+
 def _family_spec(arch: str, path: str) -> str:
-    spec = FAMILY_VARIANTS[arch]
+    spec = families.get(arch).default_config
     file, _, _ = spec.partition(":")
     shipped = config_lib.shipped_config(file)
     if shipped is None:
