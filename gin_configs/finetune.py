@@ -52,12 +52,13 @@ Data paths default to $T5X_LITE_DATA_DIR (or ./data) + /sst2/{train,dev}.tsv.
 
 import math
 import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pretrain  # noqa: E402  (the model shapes and optimizer defaults of each family)
+from t5x_lite.config import import_file
+
+# The sibling config file (the model shapes and optimizer defaults of each family).
+pretrain = import_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"))
 
 # Fine-tuning rows: 64 tokens hold SST-2's sentences. The model's position table keeps
 # the pretraining size (model.max_len), so the checkpoint's parameters fit.

@@ -22,12 +22,13 @@ Variants:
 """
 
 import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import finetune  # noqa: E402  (the task sections: files, columns, labels, label words)
+from t5x_lite.config import import_file
+
+# The sibling config file (the task sections: files, columns, labels, label words).
+finetune = import_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune.py"))
 
 
 def icl_config(task: dict, template: str) -> ml_collections.ConfigDict:

@@ -187,19 +187,19 @@ def in_context(config, output_dir: str = "") -> str:
     config.icl.checkpoint, for every k in config.icl.shots -> the report to print; with
     `output_dir`, also `<output_dir>/icl_metrics.json`."""
     from t5x_lite import fileio
-    from t5x_lite.data import tasks
+    from t5x_lite.data import labelled
     from t5x_lite.downstream import icl
 
     _check_icl_config(config)
     restored = restore(config.icl.checkpoint)
     run = restored.run
-    eval_examples = tasks.load_split(config.task, "eval")
+    eval_examples = labelled.load_split(config.task, "eval")
     results = icl.evaluate_in_context(
         run.config.model.arch,
         run.model,
         restored.params,
         run.tokenizer,
-        tasks.load_split(config.task, "train"),
+        labelled.load_split(config.task, "train"),
         eval_examples,
         shots=config.icl.shots,
         template=config.icl.template,

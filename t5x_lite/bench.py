@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite import families
-from t5x_lite.data import inputs
+from t5x_lite import tokenizer as tokenizer_lib
 from t5x_lite.train import partitioning, trainer
 
 
@@ -77,7 +77,7 @@ def random_batch(run, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def benchmark(config, *, steps: int, peak_tflops: float) -> BenchResult:
     # The objective needs only the fixed special ids: the benchmark feeds random tokens.
-    run = trainer.build_run(config, inputs.SpecialIdsOnly(config.model.vocab_size))
+    run = trainer.build_run(config, tokenizer_lib.SpecialIdsOnly(config.model.vocab_size))
     state = trainer.init_state(run, config.seed)
     train_step = trainer.make_train_step(run)
     batch = partitioning.host_batch_to_global(random_batch(run, np.random.default_rng(0)), run.mesh)

@@ -20,6 +20,23 @@ from t5x_lite import fileio
 from t5x_lite.errors import UserError
 
 
+def import_file(path: str):
+    """The Python file at `path` as a module, without touching sys.path.
+
+    Config files use it to build on a sibling: `import_file(os.path.join(
+    os.path.dirname(__file__), "pretrain.py"))`.
+    """
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(
+        f"_t5x_lite_config_{abs(hash(path))}", path
+    )
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def load(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
     """`file.py[:variant]` plus (dotted key, string value) overrides -> locked ConfigDict."""
     path, _, variant = spec.partition(":")
@@ -27,11 +44,7 @@ def load(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_collections
     # `load_saved` reads, may be anywhere `fileio` reads).
     if not os.path.isfile(path):
         raise UserError(f"--config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(
-        f"_t5x_lite_config_{abs(hash(path))}", path
-    )
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = import_file(path)
     if not hasattr(module, "get_config"):
         raise UserError(f"--config file {path!r} defines no get_config(arg)")
     try:

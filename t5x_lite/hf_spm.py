@@ -63,11 +63,11 @@ _TRAINER = sentencepiece_model_pb2.TrainerSpec
 
 # Special tokens `add_special_tokens=True` puts around one text ($A) or a pair ($A, $B),
 # ":1" marking token type 1, as each family's objectives lay out their inputs:
-#   bert  [CLS] a [SEP] b [SEP], token types 0 through the first [SEP] (masked_lm, tasks)
+#   bert  [CLS] a [SEP] b [SEP], token types 0 through the first [SEP] (masked_lm, finetune_formats)
 #   gpt   <s> a [SEP] b: BOS starts every text (causal_lm, sampling); for a pair, [SEP]
 #         is GPT-1's [DELIM]. A classifier reads the hidden state at an appended [CLS]
 #         ([EXTRACT]); see hf_gpt2's classifier_head.json.
-#   t5    a </s> b </s>: EOS ends every encoder input (span_corruption, tasks)
+#   t5    a </s> b </s>: EOS ends every encoder input (span_corruption, finetune_formats)
 # with the inputs the model's forward takes (GPT-2 would add token type ids to its
 # input embeddings, so they must not reach it).
 TEMPLATES = {

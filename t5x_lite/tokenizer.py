@@ -178,6 +178,52 @@ def train_tokenizer(
     return output_prefix + ".model"
 
 
+def load_or_train(
+    tokenizer_config,
+    workdir: str,
+    texts: Iterable[str],
+    *,
+    model_vocab_size: int,
+    process_count: int,
+) -> Tokenizer:
+    """The tokenizer at `tokenizer_config.path` (`config.tokenizer`), or one trained on
+    `texts` (documents) into workdir/tokenizer.model if that is not there yet.
+
+    Only a single process trains: a run of `process_count` > 1 must give the path. The
+    tokenizer must fit the model's `model_vocab_size` (`config.model.vocab_size`).
+    """
+    path = tokenizer_config.path
+    if not path:
+        path = fileio.join(workdir, "tokenizer.model")
+        if not fileio.exists(path):
+            if process_count > 1:
+                raise UserError(
+                    "multi-process runs need a trained tokenizer: set config.tokenizer.path "
+                    "(train one with `t5x-lite tokenizer`)"
+                )
+            fileio.makedirs(workdir)
+            try:
+                train_tokenizer(
+                    texts,
+                    path[: -len(".model")],
+                    vocab_size=tokenizer_config.vocab_size,
+                    model_type=tokenizer_config.model_type,
+                    max_sentences=tokenizer_config.max_sentences,
+                )
+            except UserError as e:  # name the config key, not the tokenizer command's flag
+                raise UserError(
+                    str(e).replace("--vocab_size", "config.tokenizer.vocab_size")
+                ) from None
+    tokenizer = Tokenizer(path)
+    if tokenizer.vocab_size > model_vocab_size:
+        raise UserError(
+            f"the tokenizer {path} has {tokenizer.vocab_size} pieces but "
+            f"config.model.vocab_size={model_vocab_size}; set "
+            f"--config.tokenizer.vocab_size={tokenizer.vocab_size}"
+        )
+    return tokenizer
+
+
 def _with_prefix(model_proto: bytes, prefix: str) -> bytes:
     """The model with `prefix` as the one it records being trained to (sentencepiece
     saves its trainer flags in it), so the bytes do not depend on the temporary name."""
@@ -309,3 +355,22 @@ class Tokenizer:
 
     def piece_to_id(self, piece: str) -> int:
         return self._sp.piece_to_id(piece)
+
+
+class SpecialIdsOnly:
+    """What objectives read from a tokenizer, without one: the special ids are fixed
+    (see the module docstring), every other piece counts as a word start. Builds an
+    objective or a run before any tokenizer exists (to check settings, to benchmark)."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    pad_id, eos_id, unk_id, bos_id = PAD_ID, EOS_ID, UNK_ID, BOS_ID
+    mask_id, cls_id, sep_id = MASK_ID, CLS_ID, SEP_ID
+    sentinel_id = staticmethod(lambda i: FIRST_SENTINEL_ID + i)
+
+    def special_mask(self):
+        return np.arange(self.vocab_size) < NUM_SPECIAL_PIECES
+
+    def word_start_mask(self):
+        return ~self.special_mask()

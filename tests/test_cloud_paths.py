@@ -22,7 +22,7 @@ from sentencepiece import sentencepiece_model_pb2
 from t5x_lite import config as config_lib
 from t5x_lite import fileio
 from t5x_lite import tokenizer as tokenizer_lib
-from t5x_lite.data import sources, tasks
+from t5x_lite.data import labelled, sources
 from t5x_lite.downstream import cloze, pretrained
 from t5x_lite.errors import UserError
 from t5x_lite.hf_tokenizer import WordPieceTokenizer
@@ -120,7 +120,7 @@ def test_corpus_and_task_files_read_from_gs(memory_gcs, tmp_path):
         split = dict(path=path, text_a="sentence", text_b="", label="label", target="")
         split["max_examples"] = 0
         config = dict(kind="classification", labels=("0", "1"), sample_seed=0)
-        return tasks.load_split(ConfigDict(dict(config, train=split, eval=split)), "train")
+        return labelled.load_split(ConfigDict(dict(config, train=split, eval=split)), "train")
 
     assert source(paths["gs"][0]) == source(paths["local"][0])
     assert source(paths["gs"][0]) == ["first doc line\nstill first", "second doc é", "third"]

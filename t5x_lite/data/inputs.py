@@ -1,28 +1,22 @@
-"""From the config to ready inputs: documents, tokenizer, objective and datasets.
+"""From the config to ready inputs: documents, the data shards of each process, and
+datasets of batches.
 
 Shared by `train`, `bench` and the downstream commands so they all read data the same way.
+The tokenizer and the objective come from `t5x_lite.tokenizer` and `t5x_lite.objectives`;
+the config-level calls to them below are one line each.
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 
 import jax
 import numpy as np
 
-from t5x_lite import fileio, objectives
+from t5x_lite import objectives
 from t5x_lite import tokenizer as tokenizer_lib
-from t5x_lite.data import packing, pipeline, sources, tasks
+from t5x_lite.data import labelled, packing, pipeline, sources
 from t5x_lite.errors import UserError
-
-
-def load_inputs(config):
-    """-> (train documents, eval documents or None): text documents for pretraining, task
-    examples (`t5x_lite.data.tasks`) for a fine-tuning config (one with `config.task`)."""
-    if "task" in config:
-        return tasks.load_split(config.task, "train"), tasks.load_split(config.task, "eval")
-    return load_documents(config.data)
 
 
 def load_documents(data_config):
@@ -44,87 +38,24 @@ def _load(split: str, source_config):
 
 
 def load_or_train_tokenizer(config, workdir: str, train_docs) -> tokenizer_lib.Tokenizer:
-    """The tokenizer at `config.tokenizer.path`, or one trained on the documents into workdir.
-
-    Only process 0 trains; a multi-process run must give `tokenizer.path`.
-    """
-    tok_config = config.tokenizer
-    path = tok_config.path
-    if not path:
-        path = fileio.join(workdir, "tokenizer.model")
-        if not fileio.exists(path):
-            if jax.process_count() > 1:
-                raise UserError(
-                    "multi-process runs need a trained tokenizer: set config.tokenizer.path "
-                    "(train one with `t5x-lite tokenizer`)"
-                )
-            fileio.makedirs(workdir)
-            try:
-                tokenizer_lib.train_tokenizer(
-                    _texts(train_docs),
-                    path[: -len(".model")],
-                    vocab_size=tok_config.vocab_size,
-                    model_type=tok_config.model_type,
-                    max_sentences=tok_config.max_sentences,
-                )
-            except UserError as e:  # name the config key, not the tokenizer command's flag
-                raise UserError(
-                    str(e).replace("--vocab_size", "config.tokenizer.vocab_size")
-                ) from None
-    tokenizer = tokenizer_lib.Tokenizer(path)
-    if tokenizer.vocab_size > config.model.vocab_size:
-        raise UserError(
-            f"the tokenizer {path} has {tokenizer.vocab_size} pieces but "
-            f"config.model.vocab_size={config.model.vocab_size}; set "
-            f"--config.tokenizer.vocab_size={tokenizer.vocab_size}"
-        )
-    return tokenizer
-
-
-def _texts(docs):
-    """Documents as text: task examples give their texts (and targets)."""
-    if docs and isinstance(docs[0], tasks.TaskExample):
-        return [text for e in docs for text in (e.text_a, e.text_b, e.target) if text]
-    return docs
+    """`config.tokenizer`'s tokenizer, or one trained on the documents into workdir (see
+    `t5x_lite.tokenizer.load_or_train`)."""
+    return tokenizer_lib.load_or_train(
+        config.tokenizer,
+        workdir,
+        labelled.texts(train_docs),
+        model_vocab_size=config.model.vocab_size,
+        process_count=jax.process_count(),
+    )
 
 
 def build_objective(config, tokenizer) -> objectives.Objective:
-    cls = objectives.get_class(config.objective.name, config.model.arch)
-    knobs = {k: v for k, v in config.objective.items() if k != "name"}
-    expected = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    missing = sorted(expected - set(knobs) - set(cls.ids_from_tokenizer))
-    unknown = sorted(set(knobs) - expected)
-    if missing or unknown:
-        raise UserError(
-            f"config.objective for {cls.name!r}: missing keys {missing}, unknown keys {unknown}; "
-            "start from a variant of this objective in gin_configs/"
-        )
-    return cls.build(tokenizer, **knobs)
-
-
-class SpecialIdsOnly:
-    """What objectives read from a tokenizer, without one: the special ids are fixed
-    (see t5x_lite.tokenizer), every other piece counts as a word start."""
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    pad_id, eos_id, unk_id, bos_id = (tokenizer_lib.PAD_ID, tokenizer_lib.EOS_ID,
-                                      tokenizer_lib.UNK_ID, tokenizer_lib.BOS_ID)  # fmt: skip
-    mask_id, cls_id, sep_id = tokenizer_lib.MASK_ID, tokenizer_lib.CLS_ID, tokenizer_lib.SEP_ID
-    sentinel_id = staticmethod(lambda i: tokenizer_lib.FIRST_SENTINEL_ID + i)
-
-    def special_mask(self):
-        return np.arange(self.vocab_size) < tokenizer_lib.NUM_SPECIAL_PIECES
-
-    def word_start_mask(self):
-        return ~self.special_mask()
+    return objectives.build(config.objective, config.model.arch, tokenizer)
 
 
 def check_objective(config) -> None:
-    """Build the objective once with placeholder pieces so that its settings (lengths,
-    rates, the architecture it needs) fail before any data is read or tokenizer trained."""
-    build_objective(config, SpecialIdsOnly(config.model.vocab_size))
+    """Fail on bad objective settings before any data is read (`objectives.check`)."""
+    objectives.check(config.objective, config.model.arch, config.model.vocab_size)
 
 
 def process_batch_size(global_batch: int) -> int:
@@ -182,7 +113,9 @@ def eval_dataset(
         for s in shards
     }
     rows = config.data.batch_size // num_shards
-    return ShardedEval(pipelines, _empty_batch(objective, rows), max_batches)
+    return ShardedEval(
+        pipelines, packing.zero_batch(objective.feature_lengths(), rows), max_batches
+    )
 
 
 def _layout(config, process_index, process_count) -> tuple[int, range]:
@@ -204,14 +137,6 @@ def _pipeline(config, docs, tokenizer, objective, shard, num_shards, *, training
         shard_count=num_shards,
         pad_final_batch=not training,
     )
-
-
-def _empty_batch(objective, rows: int) -> dict[str, np.ndarray]:
-    """All-zero rows shaped like a packed batch: zero segment ids, so zero loss weight."""
-    lengths = dict(objective.feature_lengths())
-    for group, length in packing.group_row_lengths(lengths).items():
-        lengths[f"{group}_segment_ids"] = lengths[f"{group}_positions"] = length
-    return {name: np.zeros((rows, n), np.int32) for name, n in lengths.items()}
 
 
 def _join(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

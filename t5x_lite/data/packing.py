@@ -8,7 +8,7 @@ group `<group>_segment_ids` (1, 2, ... per example in the row, 0 in padding) and
 `<group>_positions` (position inside that example, 0 in padding). An example has the
 same segment id in every group, so encoder-decoder attention can match segments.
 
-Three modes (see `t5x_lite.objectives.base`):
+Three modes (an objective's `pack_mode` is one of the PACK_* constants below):
   concat     one group; examples are concatenated and cut into full rows. An example
              that straddles a row boundary continues in the next row under a new
              segment id with positions restarting at 0, so positions stay < row length.
@@ -31,9 +31,11 @@ from collections.abc import Mapping
 import grain
 import numpy as np
 
-from t5x_lite.objectives.base import PACK_CONCAT, PACK_FIRST_FIT, PACK_NONE
-
 Example = dict[str, np.ndarray]
+
+PACK_CONCAT = "concat"  # concatenate documents and cut into rows; documents may straddle rows
+PACK_FIRST_FIT = "first_fit"  # whole examples placed into the first row with room; never split
+PACK_NONE = "none"  # one example per row, each feature truncated/padded to its row length
 
 
 def feature_group(feature: str) -> str:
@@ -53,6 +55,16 @@ def group_row_lengths(feature_lengths: Mapping[str, int]) -> dict[str, int]:
         if length <= 0:
             raise ValueError(f"feature {feature!r} has non-positive row length {length}")
     return lengths
+
+
+def zero_batch(feature_lengths: Mapping[str, int], rows: int) -> dict[str, np.ndarray]:
+    """All-zero int32 [rows, row length] arrays shaped like a packed batch of these
+    features: every feature, then each group's segment ids and positions. Segment id 0
+    is padding, so these rows carry zero loss weight (and serve as a model's dummy input)."""
+    lengths = dict(feature_lengths)
+    for group, length in group_row_lengths(feature_lengths).items():
+        lengths[f"{group}_segment_ids"] = lengths[f"{group}_positions"] = length
+    return {name: np.zeros((rows, length), np.int32) for name, length in lengths.items()}
 
 
 def segments_and_positions(lengths: list[int], row_length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from t5x_lite.data.packing import pack
 from t5x_lite.errors import UserError
-from t5x_lite.objectives.base import Objective
+from t5x_lite.objectives import Objective
 
 # first_fit keeps this many partly filled rows: more packs tighter, but delays and
 # reorders examples. Few rows already fill well for the short examples objectives make.

@@ -22,9 +22,9 @@ import jax
 import numpy as np
 
 from t5x_lite import fileio
-from t5x_lite.data import pipeline, tasks
+from t5x_lite.data import labelled, pipeline
 from t5x_lite.downstream import scoring, search, task_metrics
-from t5x_lite.objectives import tasks as task_objectives
+from t5x_lite.objectives import finetune_formats
 
 
 def results_dir(workdir: str, eval_path: str) -> str:
@@ -47,7 +47,7 @@ def results_dir(workdir: str, eval_path: str) -> str:
 def evaluate_restored(restored, out_dir: str) -> dict:
     """Score a restored model (`t5x_lite.train.restore`) on its config's eval split."""
     task = restored.run.config.task
-    examples = tasks.load_split(task, "eval")
+    examples = labelled.load_split(task, "eval")
     scored = {
         "checkpoint": restored.path,
         "step": restored.step,
@@ -69,7 +69,7 @@ def evaluate_task(run, params, examples, out_dir: str, scored: dict) -> dict:
     else:
         rows, metrics = _text_to_text_generation(run, params, examples)
     metrics["scored"] = scored
-    metrics["truncation"] = task_objectives.truncation(run.objective, run.tokenizer, examples)
+    metrics["truncation"] = finetune_formats.truncation(run.objective, run.tokenizer, examples)
     fileio.makedirs(out_dir)
     _write_tsv(fileio.join(out_dir, "predictions.tsv"), rows)
     # Last: a directory with metrics.json holds a complete result (see results_dir).

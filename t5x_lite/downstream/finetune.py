@@ -30,12 +30,11 @@ from flax import traverse_util
 
 from t5x_lite import config as config_lib
 from t5x_lite import fileio
-from t5x_lite.data import inputs
-from t5x_lite.data import tasks as labelled
+from t5x_lite.data import inputs, labelled
 from t5x_lite.downstream import pretrained
 from t5x_lite.errors import UserError
 from t5x_lite.models import heads
-from t5x_lite.objectives import tasks as task_objectives
+from t5x_lite.objectives import finetune_formats
 from t5x_lite.train import distributed, trainer
 
 # Model keys a fine-tuning run may set differently from its checkpoint.
@@ -128,7 +127,7 @@ def _report_truncation(objective, tokenizer, train_examples, eval_examples, work
     """Say (and write to `<workdir>/inputs.json`) how many rows of each split the row
     length truncates."""
     report = {
-        split: task_objectives.truncation(objective, tokenizer, examples)
+        split: finetune_formats.truncation(objective, tokenizer, examples)
         for split, examples in (("train", train_examples), ("eval", eval_examples))
     }
     for split, counts in report.items():

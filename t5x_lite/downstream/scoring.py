@@ -54,9 +54,10 @@ def _gather_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames="model")
-def _decoder_token_log_probs(model, params, batch, targets):
-    """Decoder features and targets int32 [batch, length] -> log p(targets) [batch,
-    length] (garbage where decoder_segment_ids is 0)."""
+def _token_log_probs(model, params, batch, targets):
+    """A model's features (decoder, or encoder + decoder) and targets int32 [batch,
+    target_length] -> log p(targets) [batch, target_length] (garbage where
+    decoder_segment_ids is 0)."""
     logits = model.apply({"params": params}, batch, deterministic=True)["logits"]
     return _gather_log_probs(logits, targets)
 
@@ -69,14 +70,6 @@ def _decoder_last_log_probs(model, params, batch):
     last = jnp.sum(batch["decoder_segment_ids"], axis=1) - 1  # [batch]
     logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-
-
-@functools.partial(jax.jit, static_argnames="model")
-def _encoder_decoder_token_log_probs(model, params, batch, targets):
-    """Encoder + decoder features and targets int32 [batch, target_length] -> log
-    p(targets) [batch, target_length] (garbage where decoder_segment_ids is 0)."""
-    logits = model.apply({"params": params}, batch, deterministic=True)["logits"]
-    return _gather_log_probs(logits, targets)
 
 
 def _right_pad(rows: Sequence[np.ndarray], num_rows: int, length: int) -> np.ndarray:
@@ -125,7 +118,7 @@ def decoder_log_likelihoods(
         length = bucket_length(max(len(sequences[i]) - 1 for i in indices), model.max_len)
         batch = padded_features("decoder", [sequences[i][:-1] for i in indices], batch_size, length)
         targets = _right_pad([sequences[i][1:] for i in indices], batch_size, length)
-        log_probs = np.asarray(_decoder_token_log_probs(model, params, batch, targets), np.float64)
+        log_probs = np.asarray(_token_log_probs(model, params, batch, targets), np.float64)
         for row, index in enumerate(indices):
             # Targets from position len(context) - 1 on are continuation tokens.
             start, stop = len(contexts[index]) - 1, len(sequences[index]) - 1
@@ -196,9 +189,7 @@ def encoder_decoder_log_likelihoods(
             "encoder", [inputs[i] for i in indices], batch_size, input_length
         ) | padded_features("decoder", decoder_inputs, batch_size, target_length)
         target_ids = _right_pad([targets[i] for i in indices], batch_size, target_length)
-        log_probs = np.asarray(
-            _encoder_decoder_token_log_probs(model, params, batch, target_ids), np.float64
-        )
+        log_probs = np.asarray(_token_log_probs(model, params, batch, target_ids), np.float64)
         for row, index in enumerate(indices):
             totals[index] = log_probs[row, : len(targets[index])].sum()
     return totals

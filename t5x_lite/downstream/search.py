@@ -3,7 +3,7 @@
 Both encode the inputs once, build the decoding cache once (which also projects the
 encoder output to cross-attention keys/values), then run one decoder step per token
 inside a `lax.while_loop`, so each compiles once for a given shape. The decoder starts
-from BOS, as `objectives.span_corruption.encoder_decoder_example` trains it to; a row's
+from BOS, as `objectives.encoder_decoder.encoder_decoder_example` trains it to; a row's
 output ends with EOS and is padded with 0 after it, or fills all `max_length` slots.
 
 Length, everywhere here, counts generated tokens including the EOS (so "a b EOS" has

@@ -335,7 +335,7 @@ def _write_classifier(
     tensors = hf_files.export_params(flat, _CLASSIFIER_TENSORS)
     weights_path = fileio.join(output_dir, CLASSIFIER_FILE)
     hf_files.save_tensors(weights_path, tensors)
-    # The GPT-1 input format's tokens, as objectives/tasks.py lays them out.
+    # The GPT-1 input format's tokens, as objectives/finetune_formats.py lays them out.
     format_ids = hf_files.token_ids(special_ids, start="bos_id", delim="sep_id", extract="cls_id")
     num_classes, d_model = tensors["weight"].shape
     readme = {

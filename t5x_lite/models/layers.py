@@ -281,10 +281,10 @@ def attention_core(query, key, value, mask, impl: str) -> jax.Array:
         return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=None)
     scale = jnp.asarray(query.shape[-1] ** -0.5, jnp.float32)
     # [batch, heads, q_length, kv_length]
-    scores = jnp.einsum("bqnh,bknh->bnqk", query, key, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("blhd,bshd->bhls", query, key, preferred_element_type=jnp.float32)
     scores = jnp.where(mask, scores * scale, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-    return jnp.einsum("bnqk,bknh->bqnh", weights, value)
+    return jnp.einsum("bhls,bshd->blhd", weights, value)
 
 
 class MultiHeadAttention(nn.Module):

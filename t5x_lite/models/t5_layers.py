@@ -2,7 +2,7 @@
 an optional key/value cache, and the ReLU / gated-GELU MLPs.
 
 Conventions follow `layers`: float32 parameters with logical axis names, computation in
-`dtype`, einsum letters b batch, l/q query length, s/k key length, h heads, d kv, e embed.
+`dtype`, einsum letters b batch, l query length, s key length, h heads, d kv, e embed.
 T5 has no bias terms anywhere and does not scale q k^T by 1/sqrt(head_dim); the query
 projection's init carries that factor instead (as in Mesh TensorFlow and HF).
 """
@@ -123,10 +123,10 @@ def biased_attention_core(query, key, value, mask, bias, impl: str) -> jax.Array
             query, key, value, bias=bias.astype(query.dtype), mask=mask, scale=1.0
         )
     # [batch, heads, q_length, k_length]
-    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("blhd,bshd->bhls", query, key, preferred_element_type=jnp.float32)
     scores = jnp.where(mask, scores + bias, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+    return jnp.einsum("bhls,bshd->blhd", weights, value)
 
 
 class T5Attention(nn.Module):

@@ -27,10 +27,28 @@ from collections.abc import Mapping
 
 import numpy as np
 
-# Pack modes understood by `t5x_lite.data.packing`.
-PACK_CONCAT = "concat"  # concatenate documents and cut into rows; documents may straddle rows
-PACK_FIRST_FIT = "first_fit"  # whole examples placed into the first row with room; never split
-PACK_NONE = "none"  # one example per row, each feature truncated/padded to its row length
+from t5x_lite.tokenizer import NUM_SENTINELS
+
+# Constructor arguments derived from a tokenizer other than by reading its attribute of
+# the same name.
+_TOKENIZER_VALUES = {
+    "word_start": lambda tokenizer: tokenizer.word_start_mask(),  # [vocab] bool
+    "special": lambda tokenizer: tokenizer.special_mask(),  # [vocab] bool
+    "sentinel_ids": lambda tokenizer: np.array(  # [NUM_SENTINELS]
+        [tokenizer.sentinel_id(i) for i in range(NUM_SENTINELS)]
+    ),
+    # The fine-tuning formats' delimiters, by id name.
+    "special_ids": lambda tokenizer: {
+        name: getattr(tokenizer, name) for name in ("bos_id", "cls_id", "sep_id")
+    },
+}
+
+
+def _tokenizer_value(tokenizer, name: str):
+    """The value of the tokenizer-derived constructor argument `name`."""
+    if name in _TOKENIZER_VALUES:
+        return _TOKENIZER_VALUES[name](tokenizer)
+    return getattr(tokenizer, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +69,7 @@ class Objective(abc.ABC):
 
     name: str
     architectures: tuple[str, ...]  # model `arch` values this objective fits
-    pack_mode: str
+    pack_mode: str  # one of t5x_lite.data.packing's PACK_* modes
     loss_terms: tuple[LossTerm, ...]
     # See the module docstring; subclasses (or instances) override these.
     uses_other_document: bool = False
@@ -74,14 +92,16 @@ class Objective(abc.ABC):
         module docstring).
         """
 
-    # Constructor arguments that `build` fills from the tokenizer, not from the config.
+    # Constructor arguments that `build` fills from the tokenizer, not from the config:
+    # names in _TOKENIZER_VALUES, or else a tokenizer attribute (`bos_id`, `mask_id`, ...).
     ids_from_tokenizer: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, tokenizer, **knobs) -> Objective:
-        """Construct from the `config.objective` knobs; override to read special ids."""
-        del tokenizer
-        return cls(**knobs)
+        """Construct from the `config.objective` knobs plus the `ids_from_tokenizer`
+        arguments, read from `tokenizer`."""
+        ids = {name: _tokenizer_value(tokenizer, name) for name in cls.ids_from_tokenizer}
+        return cls(**ids, **knobs)
 
     def features(self) -> tuple[str, ...]:
         return tuple(self.feature_lengths())

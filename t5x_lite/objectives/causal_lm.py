@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from t5x_lite.data import packing
 from t5x_lite.objectives import base
 from t5x_lite.objectives.registry import register
 
@@ -17,7 +18,7 @@ class CausalLM(base.Objective):
     """
 
     architectures = ("decoder_only",)
-    pack_mode = base.PACK_CONCAT
+    pack_mode = packing.PACK_CONCAT
     loss_terms = (base.LossTerm("lm", "logits", "decoder_target_tokens", "decoder_loss_weights"),)
 
     def __init__(self, *, seq_len: int, bos_id: int, eos_id: int):
@@ -26,10 +27,6 @@ class CausalLM(base.Objective):
         self.eos_id = eos_id
 
     ids_from_tokenizer = ("bos_id", "eos_id")
-
-    @classmethod
-    def build(cls, tokenizer, **knobs):
-        return cls(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **knobs)
 
     def feature_lengths(self):
         return {

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from t5x_lite.data import packing
 from t5x_lite.errors import UserError
 from t5x_lite.objectives import base
 from t5x_lite.objectives.registry import register
@@ -214,21 +215,10 @@ class MaskedLM(base.Objective):
         self.random_ids = np.flatnonzero(~self.special).astype(np.int32)  # [num_random_ids]
         self.dynamic_randomness = dynamic_masking
         self.uses_other_document = next_sentence_prediction
-        self.pack_mode = base.PACK_NONE if next_sentence_prediction else base.PACK_CONCAT
+        self.pack_mode = packing.PACK_NONE if next_sentence_prediction else packing.PACK_CONCAT
         mlm = base.LossTerm("mlm", "mlm_logits", "encoder_target_tokens", "encoder_loss_weights")
         nsp = base.LossTerm("nsp", "nsp_logits", "nsp_labels", "nsp_weights")
         self.loss_terms = (mlm, nsp) if next_sentence_prediction else (mlm,)
-
-    @classmethod
-    def build(cls, tokenizer, **knobs):
-        return cls(
-            mask_id=tokenizer.mask_id,
-            cls_id=tokenizer.cls_id,
-            sep_id=tokenizer.sep_id,
-            word_start=tokenizer.word_start_mask(),
-            special=tokenizer.special_mask(),
-            **knobs,
-        )
 
     def feature_lengths(self):
         lengths = {

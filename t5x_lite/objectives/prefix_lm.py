@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from t5x_lite.data import packing
 from t5x_lite.errors import UserError
 from t5x_lite.objectives import base
-from t5x_lite.objectives.registry import register
-from t5x_lite.objectives.span_corruption import (
+from t5x_lite.objectives.chunks import largest_fitting_length, random_chunk
+from t5x_lite.objectives.encoder_decoder import (
     ENCODER_DECODER_LOSS,
     encoder_decoder_example,
     encoder_decoder_lengths,
-    largest_fitting_length,
-    random_chunk,
 )
+from t5x_lite.objectives.registry import register
 
 SPLIT_MODES = ("random", "fixed")
 
@@ -66,7 +66,7 @@ class PrefixLM(base.Objective):
     """Encoder reads a prefix, decoder predicts the continuation; see the module docstring."""
 
     architectures = ("encoder_decoder",)
-    pack_mode = base.PACK_FIRST_FIT
+    pack_mode = packing.PACK_FIRST_FIT
     loss_terms = ENCODER_DECODER_LOSS
     ids_from_tokenizer = ("bos_id", "eos_id")
 
@@ -87,10 +87,6 @@ class PrefixLM(base.Objective):
         self.prefix_fraction = prefix_fraction
         self.bos_id, self.eos_id = bos_id, eos_id
         self.raw_length = self._raw_length()
-
-    @classmethod
-    def build(cls, tokenizer, **knobs):
-        return cls(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **knobs)
 
     def _raw_length(self) -> int:
         if self.split == "random":
@@ -139,7 +135,7 @@ class DecoderPrefixLM(base.Objective):
     """
 
     architectures = ("decoder_only",)
-    pack_mode = base.PACK_FIRST_FIT
+    pack_mode = packing.PACK_FIRST_FIT
     loss_terms = (base.LossTerm("lm", "logits", "decoder_target_tokens", "decoder_loss_weights"),)
     ids_from_tokenizer = ("bos_id", "eos_id")
 
@@ -151,10 +147,6 @@ class DecoderPrefixLM(base.Objective):
         self.prefix_fraction = prefix_fraction
         self.bos_id, self.eos_id = bos_id, eos_id
         self.raw_length = seq_len - 1
-
-    @classmethod
-    def build(cls, tokenizer, **knobs):
-        return cls(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **knobs)
 
     def feature_lengths(self):
         names = ("input_tokens", "target_tokens", "prefix_mask", "loss_weights")

@@ -1,4 +1,4 @@
-"""Name -> objective class(es); `build_objective` turns the config into an instance.
+"""Name -> objective class(es); `build` turns `config.objective` into an instance.
 
 One name may have one class per architecture ("prefix_lm" is an encoder-decoder
 objective and a decoder-only one), so a config keeps its objective name when it
@@ -8,8 +8,10 @@ switches `model.arch`, and the data pipeline follows the architecture.
 from __future__ import annotations
 
 import difflib
+import inspect
 
 from t5x_lite.errors import UserError
+from t5x_lite.tokenizer import SpecialIdsOnly
 
 _REGISTRY: dict[str, list[type]] = {}
 
@@ -58,3 +60,27 @@ def get_class(name: str, arch: str | None = None) -> type:
         f"config.objective.name={name!r} does not fit config.model.arch={arch!r}; it fits "
         f"{', '.join(architectures(name))}: change one of the two"
     )
+
+
+def build(objective_config, arch: str, tokenizer):
+    """The objective `config.objective` (`objective_config`: its name and knobs) for
+    `model.arch` `arch`, reading its ids from `tokenizer`. The knobs must be exactly the
+    class's constructor arguments, less those it reads from the tokenizer."""
+    cls = get_class(objective_config["name"], arch)
+    knobs = {k: v for k, v in objective_config.items() if k != "name"}
+    expected = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    missing = sorted(expected - set(knobs) - set(cls.ids_from_tokenizer))
+    unknown = sorted(set(knobs) - expected)
+    if missing or unknown:
+        raise UserError(
+            f"config.objective for {cls.name!r}: missing keys {missing}, unknown keys {unknown}; "
+            "start from a variant of this objective in gin_configs/"
+        )
+    return cls.build(tokenizer, **knobs)
+
+
+def check(objective_config, arch: str, vocab_size: int) -> None:
+    """Build the objective once with placeholder pieces (`SpecialIdsOnly`) so that its
+    settings (lengths, rates, the architecture it needs) fail before any data is read or
+    tokenizer trained."""
+    build(objective_config, arch, SpecialIdsOnly(vocab_size))

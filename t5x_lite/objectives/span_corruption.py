@@ -33,54 +33,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from t5x_lite.data import packing
 from t5x_lite.errors import UserError
 from t5x_lite.objectives import base
+from t5x_lite.objectives.chunks import largest_fitting_length, random_chunk
+from t5x_lite.objectives.encoder_decoder import (
+    ENCODER_DECODER_LOSS,
+    encoder_decoder_example,
+    encoder_decoder_lengths,
+)
 from t5x_lite.objectives.registry import register
-from t5x_lite.tokenizer import NUM_SENTINELS
 
 CORRUPTED_SPAN_MODES = ("sentinel", "drop")
-ENCODER_DECODER_LOSS = (
-    base.LossTerm("lm", "logits", "decoder_target_tokens", "decoder_loss_weights"),
-)
-
-
-def encoder_decoder_example(inputs, targets, *, bos_id: int, eos_id: int) -> dict:
-    """Inputs and targets (no EOS) -> the encoder-decoder features, int32.
-
-    Every target token, EOS included, is scored; the decoder reads targets shifted
-    right by BOS.
-    """
-    decoder_targets = np.concatenate([targets, [eos_id]]).astype(np.int32)
-    return {
-        "encoder_input_tokens": np.concatenate([inputs, [eos_id]]).astype(np.int32),
-        "decoder_input_tokens": np.concatenate([[bos_id], decoder_targets[:-1]]).astype(np.int32),
-        "decoder_target_tokens": decoder_targets,
-        "decoder_loss_weights": np.ones_like(decoder_targets),
-    }
-
-
-def encoder_decoder_lengths(inputs_length: int, targets_length: int) -> dict[str, int]:
-    return {
-        "encoder_input_tokens": inputs_length,
-        "decoder_input_tokens": targets_length,
-        "decoder_target_tokens": targets_length,
-        "decoder_loss_weights": targets_length,
-    }
-
-
-def random_chunk(tokens: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """The whole document if it has <= length tokens, else `length` tokens from a
-    uniformly random start."""
-    if len(tokens) <= length:
-        return tokens
-    start = int(rng.integers(len(tokens) - length + 1))
-    return tokens[start : start + length]
-
-
-def largest_fitting_length(fits: np.ndarray) -> int:
-    """[n] bool for lengths 1..n -> the largest L with every length 1..L fitting (0: none)."""
-    failures = np.flatnonzero(~fits)
-    return int(failures[0]) if len(failures) else len(fits)
 
 
 def noise_counts(length, noise_density: float, mean_noise_span_length: float):
@@ -145,7 +109,7 @@ class SpanCorruption(base.Objective):
     docstring."""
 
     architectures = ("encoder_decoder",)
-    pack_mode = base.PACK_FIRST_FIT
+    pack_mode = packing.PACK_FIRST_FIT
     loss_terms = ENCODER_DECODER_LOSS
     ids_from_tokenizer = ("bos_id", "eos_id", "sentinel_ids")
 
@@ -170,12 +134,6 @@ class SpanCorruption(base.Objective):
         self.bos_id, self.eos_id = bos_id, eos_id
         self.sentinel_ids = np.asarray(sentinel_ids, np.int32)  # [num_sentinels]
         self.raw_length = self._raw_length()
-
-    @classmethod
-    def build(cls, tokenizer, **knobs):
-        sentinel_ids = [tokenizer.sentinel_id(i) for i in range(NUM_SENTINELS)]
-        return cls(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-                   sentinel_ids=np.array(sentinel_ids), **knobs)  # fmt: skip
 
     def _raw_length(self) -> int:
         """The longest chunk that fits once corrupted; checks it can hold a span."""

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from t5x_lite.data import packing
 from t5x_lite.errors import UserError
 from t5x_lite.objectives import base
-from t5x_lite.objectives.registry import register
-from t5x_lite.objectives.span_corruption import (
+from t5x_lite.objectives.chunks import random_chunk
+from t5x_lite.objectives.encoder_decoder import (
     ENCODER_DECODER_LOSS,
     encoder_decoder_example,
     encoder_decoder_lengths,
-    random_chunk,
 )
+from t5x_lite.objectives.registry import register
 
 _RATE_SUM_TOLERANCE = 1e-6
 
@@ -56,7 +57,7 @@ class _ChunkToOriginal(base.Objective):
     """Shared shape of both objectives: corrupt a chunk, predict the chunk."""
 
     architectures = ("encoder_decoder",)
-    pack_mode = base.PACK_FIRST_FIT
+    pack_mode = packing.PACK_FIRST_FIT
     loss_terms = ENCODER_DECODER_LOSS
     inputs_length: int
     targets_length: int
@@ -108,11 +109,6 @@ class BertStyle(_ChunkToOriginal):
         if len(self.random_ids) == 0:
             raise ValueError("the vocabulary has no non-special ids to sample")
 
-    @classmethod
-    def build(cls, tokenizer, **knobs):
-        return cls(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id,
-                   special=tokenizer.special_mask(), **knobs)  # fmt: skip
-
     def corrupt(self, chunk, rng):
         candidates = np.flatnonzero(~self.special[chunk])
         if len(candidates) == 0:
@@ -140,10 +136,6 @@ class Deshuffling(_ChunkToOriginal):
         _check_lengths(dict(locals()))
         self.inputs_length, self.targets_length = inputs_length, targets_length
         self.bos_id, self.eos_id = bos_id, eos_id
-
-    @classmethod
-    def build(cls, tokenizer, **knobs):
-        return cls(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **knobs)
 
     def corrupt(self, chunk, rng):
         return rng.permutation(chunk)

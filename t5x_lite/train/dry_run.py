@@ -14,13 +14,13 @@ import flax.linen as nn
 import jax
 from jax.sharding import PartitionSpec
 
-from t5x_lite.data import inputs
+from t5x_lite import tokenizer as tokenizer_lib
 from t5x_lite.train import partitioning, trainer
 
 
 def report(config, devices=None) -> str:
     """The dry-run text for `config` on `devices` (default: all of them)."""
-    run = trainer.build_run(config, inputs.SpecialIdsOnly(config.model.vocab_size), devices)
+    run = trainer.build_run(config, tokenizer_lib.SpecialIdsOnly(config.model.vocab_size), devices)
     mesh_sizes = " ".join(f"{axis}={size}" for axis, size in run.mesh.shape.items())
     device = run.mesh.devices.flat[0]
     lines = [f"mesh: {mesh_sizes} ({run.mesh.size} x {device.device_kind})"]

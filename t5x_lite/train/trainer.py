@@ -22,7 +22,7 @@ import optax
 
 from t5x_lite import config as config_lib
 from t5x_lite import models
-from t5x_lite.data import inputs
+from t5x_lite.data import inputs, packing
 from t5x_lite.errors import Interrupted, UserError
 from t5x_lite.models import heads
 from t5x_lite.train import checkpoints, distributed, losses, optim, partitioning
@@ -46,11 +46,7 @@ class Run:
 
     def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """Zeros shaped like a packed batch (features, segment ids, positions)."""
-        shapes = dict(self.objective.feature_lengths())
-        for name in list(shapes):
-            group = name.split("_", 1)[0]
-            shapes[f"{group}_segment_ids"] = shapes[f"{group}_positions"] = shapes[name]
-        return {name: np.zeros((batch_size, n), np.int32) for name, n in shapes.items()}
+        return packing.zero_batch(self.objective.feature_lengths(), batch_size)
 
 
 def build_run(config, tokenizer, devices=None, wrap_optimizer=None) -> Run:

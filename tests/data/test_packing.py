@@ -6,7 +6,7 @@ import grain
 import numpy as np
 import pytest
 
-from t5x_lite.data.packing import pack, segments_and_positions
+from t5x_lite.data.packing import pack, segments_and_positions, zero_batch
 from t5x_lite.objectives.causal_lm import CausalLM
 
 
@@ -158,6 +158,23 @@ def test_none_mode_one_example_per_row():
             "nsp_positions": [0],
         },
     ]
+
+
+def test_zero_batch_has_the_packed_features_and_no_segments():
+    lengths = {"encoder_tokens": 4, "nsp_labels": 1}
+    batch = zero_batch(lengths, rows=2)
+    assert {name: values.shape for name, values in batch.items()} == {
+        "encoder_tokens": (2, 4),
+        "nsp_labels": (2, 1),
+        "encoder_segment_ids": (2, 4),
+        "encoder_positions": (2, 4),
+        "nsp_segment_ids": (2, 1),
+        "nsp_positions": (2, 1),
+    }
+    assert all(values.dtype == np.int32 and not values.any() for values in batch.values())
+    # The same features, in the same order, as a packed row of those lengths.
+    example = {"encoder_tokens": np.array([11], np.int32), "nsp_labels": np.array([1], np.int32)}
+    assert list(batch) == list(packed_rows([example], lengths, "none")[0])
 
 
 def test_rejects_mismatched_features():

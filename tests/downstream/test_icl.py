@@ -18,7 +18,7 @@ from tests.downstream.helpers import (
 )
 
 
-class Example(NamedTuple):  # the fields of t5x_lite.data.tasks.TaskExample
+class Example(NamedTuple):  # the fields of t5x_lite.data.labelled.TaskExample
     text_a: str
     text_b: str | None
     label: int

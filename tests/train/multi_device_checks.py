@@ -104,7 +104,7 @@ def _run_subprocess() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-class _CharTokenizer(inputs.SpecialIdsOnly):
+class _CharTokenizer(tokenizer_lib.SpecialIdsOnly):
     """Characters -> ids above the special pieces: real batches without training one."""
 
     def encode(self, text: str) -> np.ndarray:
@@ -218,7 +218,7 @@ def user_errors() -> dict:
     for name, overrides in cases.items():
         config = load("gpt_tiny", **overrides)
         try:
-            trainer.build_run(config, inputs.SpecialIdsOnly(config.model.vocab_size))
+            trainer.build_run(config, tokenizer_lib.SpecialIdsOnly(config.model.vocab_size))
             out[name] = None
         except UserError as e:
             out[name] = str(e)

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from experiments import sst2_transfer
-from t5x_lite.data import tasks
+from t5x_lite.data import labelled
 from t5x_lite.downstream import evaluate, finetune
 from t5x_lite.train import trainer
 
@@ -31,7 +31,7 @@ def finetune_sst2(family, pretrained_workdir, shared_data_dir, workdir):
     config = sst2_transfer.config_of(command)[0]
     assert config.task.train.max_examples == 2000
     result = finetune.train(config, str(workdir))
-    examples = tasks.load_split(config.task, "eval")
+    examples = labelled.load_split(config.task, "eval")
     assert len(examples) == 872
     metrics = evaluate.evaluate_task(
         result.run, result.state.params, examples, os.path.join(workdir, "eval"), {}

@@ -12,7 +12,7 @@ from flax import traverse_util
 
 from t5x_lite import api
 from t5x_lite import config as config_lib
-from t5x_lite.data import tasks
+from t5x_lite.data import labelled
 from t5x_lite.downstream import evaluate, finetune
 from t5x_lite.errors import UserError
 from t5x_lite.train import trainer
@@ -162,7 +162,7 @@ def test_classifier_head_learns_a_separable_task(toy_task, tmp_path, variant):
     )
     result = finetune.train(config, str(tmp_path / "run"))
     assert config.train.num_steps == 64  # ceil(4 epochs * 256 examples / 16)
-    examples = tasks.load_split(config.task, "eval")
+    examples = labelled.load_split(config.task, "eval")
     metrics = evaluate.evaluate_task(
         result.run, result.state.params, examples, str(tmp_path), {"step": 64}
     )

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from t5x_lite import tokenizer as tok_lib
-from t5x_lite.data.tasks import TaskExample
+from t5x_lite.data.labelled import TaskExample
 from t5x_lite.errors import UserError
-from t5x_lite.objectives import tasks
+from t5x_lite.objectives import finetune_formats
 from t5x_lite.objectives.registry import get_class
 
 from .helpers import NumbersTokenizer
@@ -96,7 +96,7 @@ def test_t5_text_to_text_with_a_template_and_label_words():
     ],
 )
 def test_truncation_is_longest_first(len_a, len_b, budget, expected):
-    assert tasks.truncate_pair(len_a, len_b, budget) == expected
+    assert finetune_formats.truncate_pair(len_a, len_b, budget) == expected
 
 
 def test_long_pair_keeps_every_special_token():
@@ -113,7 +113,7 @@ def test_truncation_counts_the_rows_and_tokens_cut():
     # BERT, seq_len 8: pairs have 8 - 3 = 5 text tokens, single sentences 8 - 2 = 6.
     bert = build("encoder_only", seq_len=8)
     assert [bert.dropped_tokens(bert.encode(TOK, e)) for e in examples] == [0, 0, 7]
-    assert tasks.truncation(bert, TOK, examples) == {
+    assert finetune_formats.truncation(bert, TOK, examples) == {
         "rows": 3,
         "truncated_rows": 1,
         "truncated_share": 1 / 3,
@@ -122,7 +122,7 @@ def test_truncation_counts_the_rows_and_tokens_cut():
     # GPT-1, seq_len 6: [START] a [DELIM] b [EXTRACT] leaves 3 for a pair, 4 alone.
     gpt = build("decoder_only", seq_len=6, aux_lm_weight=0.0)
     assert [gpt.dropped_tokens(gpt.encode(TOK, e)) for e in examples] == [2, 0, 9]
-    assert tasks.truncation(gpt, TOK, examples)["truncated_rows"] == 2
+    assert finetune_formats.truncation(gpt, TOK, examples)["truncated_rows"] == 2
     # The count agrees with what preprocess keeps.
     kept = len(example(gpt, long_pair)["decoder_input_tokens"]) - 3  # minus the specials
     assert kept == 12 - 9
@@ -131,7 +131,7 @@ def test_truncation_counts_the_rows_and_tokens_cut():
         TOK, inputs_length=4, targets_length=2, input_template="{a} {b}", label_words=("7 8",) * 3
     )
     assert t5.dropped_tokens(t5.encode(TOK, PAIR)) == (5 - 3) + (2 - 1)
-    assert tasks.truncation(t5, TOK, []) == {
+    assert finetune_formats.truncation(t5, TOK, []) == {
         "rows": 0,
         "truncated_rows": 0,
         "truncated_share": 0.0,

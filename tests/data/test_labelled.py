@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from t5x_lite.data import tasks
-from t5x_lite.data.tasks import TaskExample
+from t5x_lite.data import labelled
+from t5x_lite.data.labelled import TaskExample
 from t5x_lite.errors import UserError
 
 
@@ -41,7 +41,7 @@ def _config(
 
 def _error(config, split="train") -> str:
     with pytest.raises(UserError) as info:
-        tasks.load_split(config, split)
+        labelled.load_split(config, split)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -49,7 +49,7 @@ def _error(config, split="train") -> str:
 
 def test_single_sentence_classification(tmp_path):
     path = _write(tmp_path, "label\tsentence\n1\t  a  fine  film \n0\tdull .\n\n\n")
-    assert tasks.load_split(_config(path), "eval") == [
+    assert labelled.load_split(_config(path), "eval") == [
         TaskExample(text_a="  a  fine  film ", text_b=None, label=1, target="", line=2),
         TaskExample(text_a="dull .", text_b=None, label=0, target="", line=3),
     ]
@@ -68,7 +68,7 @@ def test_pair_classification_with_crlf_endings(tmp_path):
         text_a="premise",
         text_b="hypothesis",
     )
-    assert tasks.load_split(config, "train") == [
+    assert labelled.load_split(config, "train") == [
         TaskExample("A dog runs.", "An animal moves.", 0, "", 2),
         TaskExample("A dog runs.", "A cat sleeps.", 2, "", 3),
         TaskExample("A dog runs.", "It is sunny.", 1, "", 4),
@@ -79,26 +79,26 @@ def test_max_examples_draws_a_seeded_sample_in_file_order(tmp_path):
     # Sorted by label, as some exports are: the first 50 rows hold label 0 only.
     rows = [f"{label}\tsentence {i}" for i, label in enumerate([0] * 50 + [1] * 50)]
     path = _write(tmp_path, "label\tsentence\n" + "\n".join(rows) + "\n")
-    examples = tasks.load_split(_config(path, max_examples=20), "train")
+    examples = labelled.load_split(_config(path, max_examples=20), "train")
     lines = [example.line for example in examples]
     # The rows numpy's generator with seed 0 draws, sorted: both labels, no repeats.
-    expected = tasks.sample_rows(100, 20, 0) + 2
+    expected = labelled.sample_rows(100, 20, 0) + 2
     assert lines == expected.tolist() == sorted(set(lines)) and len(lines) == 20
     assert {example.label for example in examples} == {0, 1}
     for example in examples:
         assert example.text_a == f"sentence {example.line - 2}"
-    again = tasks.load_split(_config(path, max_examples=20), "train")
+    again = labelled.load_split(_config(path, max_examples=20), "train")
     assert [example.line for example in again] == lines  # the same rows every time
-    other = tasks.load_split(_config(path, max_examples=20, sample_seed=1), "train")
+    other = labelled.load_split(_config(path, max_examples=20, sample_seed=1), "train")
     assert [example.line for example in other] != lines
-    assert len(tasks.load_split(_config(path, max_examples=100), "train")) == 100
-    assert len(tasks.load_split(_config(path, max_examples=500), "train")) == 100
+    assert len(labelled.load_split(_config(path, max_examples=100), "train")) == 100
+    assert len(labelled.load_split(_config(path, max_examples=500), "train")) == 100
 
 
 def test_sample_rows_by_hand():
-    assert tasks.sample_rows(3, 0, 0).tolist() == [0, 1, 2]  # 0 = every row
-    assert tasks.sample_rows(3, 3, 0).tolist() == [0, 1, 2]
-    picked = tasks.sample_rows(10, 4, 7)
+    assert labelled.sample_rows(3, 0, 0).tolist() == [0, 1, 2]  # 0 = every row
+    assert labelled.sample_rows(3, 3, 0).tolist() == [0, 1, 2]
+    picked = labelled.sample_rows(10, 4, 7)
     assert picked.tolist() == sorted(picked.tolist()) and len(set(picked.tolist())) == 4
     assert picked.tolist() == sorted(np.random.default_rng(7).choice(10, 4, replace=False).tolist())
 
@@ -106,7 +106,7 @@ def test_sample_rows_by_hand():
 def test_text_to_text(tmp_path):
     path = _write(tmp_path, "id\tquestion\tanswer\n7\tCapital of France?\tParis\n")
     config = _config(path, kind="text_to_text", labels=(), text_a="question", target="answer")
-    assert tasks.load_split(config, "train") == [
+    assert labelled.load_split(config, "train") == [
         TaskExample("Capital of France?", None, -1, "Paris", 2)
     ]
 
@@ -114,12 +114,12 @@ def test_text_to_text(tmp_path):
 def test_plain_dict_config(tmp_path):
     path = _write(tmp_path, "sentence\tlabel\nok\t1\n")
     config = _config(path).to_dict()
-    assert tasks.load_split(config, "train") == [TaskExample("ok", None, 1, "", 2)]
+    assert labelled.load_split(config, "train") == [TaskExample("ok", None, 1, "", 2)]
 
 
 def test_real_sst2_dev(shared_data_dir):
     path = os.path.join(shared_data_dir, "sst2", "dev.tsv")
-    examples = tasks.load_split(_config(path, text_a="content"), "eval")
+    examples = labelled.load_split(_config(path, text_a="content"), "eval")
     assert len(examples) == 872
     assert sum(example.label == 1 for example in examples) == 444
     assert examples[0] == TaskExample("one long string of cliches .", None, 0, "", 2)
@@ -206,4 +206,4 @@ def test_bad_task_config(tmp_path):
 
 def test_unknown_split_is_a_programming_error(tmp_path):
     with pytest.raises(ValueError, match="split must be one of"):
-        tasks.load_split(_config(_write(tmp_path, "label\tsentence\n0\tok\n")), "dev")
+        labelled.load_split(_config(_write(tmp_path, "label\tsentence\n0\tok\n")), "dev")

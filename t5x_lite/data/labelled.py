@@ -30,6 +30,7 @@ silently shift every label after it. Blank lines at the end of the file are igno
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -95,6 +96,14 @@ def load_split(task_config, split: str) -> list[TaskExample]:
         text_b = cells[column["text_b"]] if "text_b" in column else None
         examples.append(TaskExample(cells[column["text_a"]], text_b, label, target, line_number))
     return examples
+
+
+def texts(documents) -> Iterable[str]:
+    """Documents as text, e.g. to train a tokenizer on: labelled examples give their
+    texts (and targets); text documents are their own text."""
+    if documents and isinstance(documents[0], TaskExample):
+        return (text for e in documents for text in (e.text_a, e.text_b, e.target) if text)
+    return documents
 
 
 def sample_rows(num_rows: int, max_examples: int, seed: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 A fine-tuning "document" is a task example with `text_a`, `text_b` (None for
 single-sentence tasks), `label` (class index, or -1) and `target` (text); see
-`t5x_lite.data.tasks`. `encode` tokenizes its fields; `preprocess` lays them out:
+`t5x_lite.data.labelled`. `encode` tokenizes its fields; `preprocess` lays them out:
 
   classification, decoder_only (GPT-1, Radford et al. 2018, Figure 1):
       [START] a [DELIM] b [EXTRACT]     START = BOS, DELIM = [SEP], EXTRACT = [CLS]
@@ -29,14 +29,15 @@ import string
 
 import numpy as np
 
+from t5x_lite.data import packing
 from t5x_lite.errors import UserError
 from t5x_lite.objectives import base
-from t5x_lite.objectives.registry import register
-from t5x_lite.objectives.span_corruption import (
+from t5x_lite.objectives.encoder_decoder import (
     ENCODER_DECODER_LOSS,
     encoder_decoder_example,
     encoder_decoder_lengths,
 )
+from t5x_lite.objectives.registry import register
 
 CLASS_LOSS = base.LossTerm("class", "class_logits", "class_labels", "class_weights")
 _EMPTY = np.zeros(0, np.int32)
@@ -69,7 +70,7 @@ def _check_seq_len(seq_len: int, minimum: int) -> None:
 class _Classification(base.Objective):
     """Shared by both classifiers: a task example -> (ids of a, ids of b, [label])."""
 
-    pack_mode = base.PACK_NONE
+    pack_mode = packing.PACK_NONE
     dynamic_randomness = False  # nothing is drawn
     ids_from_tokenizer = ("special_ids",)
 
@@ -80,11 +81,6 @@ class _Classification(base.Objective):
             )
         text_b = _EMPTY if example.text_b is None else tokenizer.encode(example.text_b)
         return tokenizer.encode(example.text_a), text_b, np.array([example.label], np.int32)
-
-    @classmethod
-    def build(cls, tokenizer, **knobs):
-        specials = {name: getattr(tokenizer, name) for name in ("bos_id", "cls_id", "sep_id")}
-        return cls(special_ids=specials, **knobs)
 
     def dropped_tokens(self, tokens) -> int:
         """How many text tokens `preprocess` cuts from this example to fit the row."""
@@ -204,7 +200,7 @@ class TextToText(base.Objective):
     """T5's text-to-text format; see the module docstring."""
 
     architectures = ("encoder_decoder",)
-    pack_mode = base.PACK_NONE
+    pack_mode = packing.PACK_NONE
     dynamic_randomness = False
     loss_terms = ENCODER_DECODER_LOSS
     ids_from_tokenizer = ("bos_id", "eos_id")
@@ -231,10 +227,6 @@ class TextToText(base.Objective):
         self.inputs_length, self.targets_length = inputs_length, targets_length
         self.input_template, self.label_words = input_template, tuple(label_words)
         self.bos_id, self.eos_id = bos_id, eos_id
-
-    @classmethod
-    def build(cls, tokenizer, **knobs):
-        return cls(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **knobs)
 
     def target_text(self, example) -> str:
         """The label's word for classification examples, else the example's target."""
