@@ -242,6 +242,37 @@ def in_context(config, output_dir: str = "") -> str:
     return "\n".join(lines)
 
 
+def sweep(
+    spec: str,
+    workdir: str,
+    *,
+    jobs: int = 1,
+    print_commands: bool = False,
+    aggregate_only: bool = False,
+    log=print,
+) -> tuple[str, list[str]]:
+    """Run the study `experiments/<study>.py:<preset>` in `workdir` (finished jobs are
+    kept, interrupted ones resume) and write its tables -> (table.md's text, the jobs
+    that failed). `print_commands`: the `t5x-lite` commands instead, nothing run;
+    `aggregate_only`: the tables from the jobs already finished. Config paths in a study
+    are relative to the directory above the study file (the repository root for
+    experiments/)."""
+    import os
+    import time
+
+    from t5x_lite.sweep import report, runner
+    from t5x_lite.sweep import study as study_lib
+
+    study = study_lib.load(spec)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(spec.partition(":")[0])))
+    if print_commands:
+        return runner.print_commands(study, workdir, root), []
+    started = time.time()
+    failed = [] if aggregate_only else runner.run(study, workdir, root, jobs=jobs, log=log)
+    wall_s = None if aggregate_only else time.time() - started
+    return report.write(study, workdir, root, wall_s), failed
+
+
 def _check_icl_config(config) -> None:
     if "icl" not in config or "task" not in config:
         raise UserError("the config has no icl and task sections; use gin_configs/icl.py")

@@ -1,5 +1,5 @@
-"""The `t5x-lite` command: train | finetune | eval | generate | cloze | icl | export |
-tokenizer | bench | demo.
+"""The `t5x-lite` command: train | finetune | eval | generate | cloze | icl | sweep |
+export | tokenizer | bench | demo.
 
     t5x-lite train --config=gin_configs/pretrain.py:gpt_tiny --config.train.num_steps=200 \
         --workdir=runs/x
@@ -12,6 +12,7 @@ tokenizer | bench | demo.
     t5x-lite cloze --probes=probes.txt --workdir=runs/bert --workdir=runs/t5 --workdir=runs/gpt
     t5x-lite icl --config=gin_configs/icl.py:sst2 --config.icl.checkpoint=runs/gpt \
         [--workdir=runs/gpt_icl]
+    t5x-lite sweep --sweep=experiments/pretraining_helps.py:cpu --workdir=sweeps --jobs=2
     t5x-lite tokenizer --input=corpus.txt --vocab_size=4000 --model_type=unigram --output=spm
     t5x-lite bench --config=gin_configs/pretrain.py:gpt_small
     t5x-lite export --workdir=runs/bert_sst2 --output=runs/bert_sst2_hf
@@ -116,6 +117,31 @@ def cmd_icl(args, extra) -> None:
     print(api.in_context(config, args.workdir or ""))
 
 
+def cmd_sweep(args, extra) -> None:
+    """Run a study's cells over seeds and write its tables (resumable)."""
+    _no_extra(extra)
+    try:
+        text, failed = api.sweep(
+            args.sweep,
+            args.workdir,
+            jobs=args.jobs,
+            print_commands=args.print_commands,
+            aggregate_only=args.aggregate_only,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "sweep stopped; running jobs saved their checkpoints; rerun the same command "
+            "to resume (finished jobs are kept)"
+        ) from None
+    print(text)
+    if failed:
+        raise UserError(
+            f"{len(failed)} job(s) failed or were blocked ({', '.join(failed[:3])}"
+            f"{', ...' if len(failed) > 3 else ''}); see their log.txt, fix, and rerun the "
+            "same command (finished jobs are kept)"
+        )
+
+
 def cmd_export(args, extra) -> None:
     _no_extra(extra)
     restored = _restore(args, [])
@@ -196,6 +222,15 @@ COMMANDS = {
     "icl": (cmd_icl, "k-shot in-context classification of a task's eval split", [
         _arg("--config", "gin_configs/icl.py:VARIANT", required=True),
         _arg("--workdir", "optional: where to write icl_metrics.json"),
+    ]),
+    "sweep": (cmd_sweep, "run a study (experiments/<study>.py:<preset>) over seeds -> tables", [
+        _arg("--sweep", "experiments/STUDY.py:PRESET", required=True),
+        _arg("--workdir", "the sweep's directory; rerun to resume", required=True),
+        _arg("--jobs", "jobs run at once, each in its own process", type=int, default=1),
+        _arg("--print_commands", "print one t5x-lite command per job; run nothing",
+             action="store_true"),
+        _arg("--aggregate_only", "the tables from the finished jobs; run nothing",
+             action="store_true"),
     ]),
     "export": (cmd_export, "write a run as a Hugging Face directory (from_pretrained)", [
         _arg("--workdir", "a trained or fine-tuned run", required=True),

@@ -1,0 +1,263 @@
+"""Run a study's jobs: local processes, resumable, or as commands for a scheduler.
+
+Layout under `<workdir>/<study>/`:
+
+    runs/<job>/            the job's workdir (the trainer's files, eval/, icl_metrics.json)
+    runs/<job>/log.txt     what the job printed
+    runs/<job>/result.json written last, whole: the job is finished when it exists
+    table.md, table.csv, table.tex, *.png, provenance.json    (report.py)
+
+Each job runs in a fresh process (spawned: JAX state and memory go with it) through
+t5x_lite.api, at most `jobs` at once, a pretraining before the cells that start from it.
+A rerun skips finished jobs, and an interrupted one resumes from its last checkpoint
+(the trainer's own resumption), so a sweep stopped at any point is finished by running
+the same command again. A failed job is reported with its log and the rest go on
+(except the cells that needed it); the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import shlex
+import sys
+import time
+import traceback
+
+from t5x_lite import fileio
+from t5x_lite.errors import UserError
+from t5x_lite.sweep import study as study_lib
+
+RESULT = "result.json"
+
+
+def runs_dir(workdir: str, study: study_lib.Study) -> str:
+    return os.path.join(os.path.abspath(workdir), study.name, "runs")
+
+
+def command_line(job: study_lib.Job, job_dir: str, root: str) -> str:
+    """The `t5x-lite` command that runs `job` alone (from the repository root)."""
+    path, colon, variant = job.config.partition(":")
+    if os.path.abspath(path).startswith(root + os.sep):
+        path = os.path.relpath(path, root)
+    args = ["t5x-lite", job.kind, f"--config={path}{colon}{variant}", f"--workdir={job_dir}"]
+    args += [f"--config.{key}={value}" for key, value in job.overrides]
+    return shlex.join(args)
+
+
+def read_result(job: study_lib.Job, job_dir: str) -> dict | None:
+    """A finished job's result: its result.json, or (for a job run by hand from
+    --print_commands) what the command leaves; None if it has not finished."""
+    path = os.path.join(job_dir, RESULT)
+    if fileio.isfile(path):
+        return json.loads(fileio.read_text(path))
+    metrics = _outputs(job, job_dir)
+    if metrics is None:
+        return None
+    return dict(job=job.name, kind=job.kind, metrics=metrics, wall_s=None)
+
+
+def _outputs(job: study_lib.Job, job_dir: str) -> dict | None:
+    if job.kind == "finetune":
+        eval_dir = os.path.join(job_dir, "eval")
+        found = sorted(
+            os.path.join(eval_dir, name, "metrics.json")
+            for name in (os.listdir(eval_dir) if os.path.isdir(eval_dir) else ())
+            if os.path.isfile(os.path.join(eval_dir, name, "metrics.json"))
+        )
+        return json.loads(fileio.read_text(found[0])) if len(found) == 1 else None
+    if job.kind == "icl":
+        path = os.path.join(job_dir, "icl_metrics.json")
+        return _icl_metrics(json.loads(fileio.read_text(path))) if os.path.isfile(path) else None
+    return None  # a pretraining is finished when its result.json says so
+
+
+def _icl_metrics(report: dict) -> dict:
+    """icl_metrics.json -> the metrics of its one k (a study column sets icl.shots)."""
+    shots = report["shots"]
+    if len(shots) != 1:
+        raise UserError(
+            f"an in-context job scores one k per cell, not {sorted(shots)}: set icl.shots "
+            "in the study's columns"
+        )
+    ((k, metrics),) = shots.items()
+    return {
+        "shots": int(k),
+        "majority_class_accuracy": report["majority_class_accuracy"],
+        **{key: value for key, value in metrics.items() if key != "predictions"},
+    }
+
+
+def _last_eval(history: list[dict]) -> dict:
+    """The last logged row's figures: train loss and the newest held-out metrics."""
+    metrics = {}
+    for row in history:
+        metrics.update({key: value for key, value in row.items() if key.startswith("eval/")})
+    if history:
+        last = history[-1]
+        metrics.update(
+            step=last["step"], **{k: v for k, v in last.items() if k.startswith("train/")}
+        )
+    return metrics
+
+
+def run_job(job: study_lib.Job, job_dir: str, root: str) -> dict:
+    """Run one job in this process and write its result.json -> the result."""
+    from t5x_lite import api
+
+    started = time.time()
+    fileio.makedirs(job_dir)
+    config = api.load_config(job.config, job.overrides)
+    keys = [key for key, _ in job.overrides]
+    if job.kind == "train":
+        metrics = _last_eval(api.train(config, job_dir).history)
+    elif job.kind == "finetune":
+        metrics = api.finetune(config, job_dir, explicit_keys=keys)
+    else:
+        api.in_context(config, job_dir)
+        metrics = _outputs(job, job_dir)
+    result = dict(
+        job=job.name,
+        kind=job.kind,
+        row=job.row,
+        column=job.column,
+        replicate=job.replicate,
+        seed=job.seed,
+        metrics=metrics,
+        wall_s=round(time.time() - started, 1),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        command=command_line(job, job_dir, root),
+    )
+    text = json.dumps(result, indent=2, sort_keys=True, default=_plain)
+    fileio.write_text(os.path.join(job_dir, RESULT), text)
+    return result
+
+
+def _plain(value):
+    """JSON for numpy and JAX scalars."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _child(job: study_lib.Job, job_dir: str, root: str) -> dict:
+    """run_job in a spawned process, its output into <job_dir>/log.txt -> the result, or
+    {"error": one line}."""
+    os.makedirs(job_dir, exist_ok=True)
+    log = open(os.path.join(job_dir, "log.txt"), "a", buffering=1, encoding="utf-8")
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+    print(f"$ {command_line(job, job_dir, root)}", flush=True)
+    try:
+        return run_job(job, job_dir, root)
+    except BaseException as e:  # noqa: BLE001  (reported to the parent as one line)
+        traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return {"error": f"{type(e).__name__}: {first}"}
+
+
+def print_commands(study: study_lib.Study, workdir: str, root: str) -> str:
+    """One `t5x-lite` command per job, pretrainings first, for a scheduler."""
+    runs = runs_dir(workdir, study)
+    lines = [f"# {study.name} ({study.preset}): run from {root}; pretrainings first"]
+    for job in study_lib.expand(study, runs, root):
+        lines.append(command_line(job, os.path.join(runs, job.name), root))
+    return "\n".join(lines)
+
+
+def run(study: study_lib.Study, workdir: str, root: str, *, jobs: int = 1, log=print) -> list[str]:
+    """Run every unfinished job -> the names of the jobs that failed (or were blocked)."""
+    if jobs < 1:
+        raise UserError(f"--jobs={jobs}: give at least 1")
+    runs = runs_dir(workdir, study)
+    all_jobs = study_lib.expand(study, runs, root)
+    finished = {job.name for job in all_jobs if read_result(job, os.path.join(runs, job.name))}
+    pending = [job for job in all_jobs if job.name not in finished]
+    log(
+        f"{study.name} ({study.preset}): {len(all_jobs)} jobs, {len(finished)} finished, "
+        f"{len(pending)} to run, {jobs} at a time; logs under {runs}/<job>/log.txt"
+    )
+    failed: list[str] = []
+    total, count = len(pending), 0
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, max_tasks_per_child=1
+    ) as pool:
+        running: dict[concurrent.futures.Future, tuple[study_lib.Job, float]] = {}
+        try:
+            while pending or running:
+                for job in list(pending):
+                    if job.depends_on in failed:
+                        pending.remove(job)
+                        failed.append(job.name)
+                        count += 1
+                        log(f"[{count}/{total}] blocked {job.name}: {job.depends_on} failed")
+                    elif len(running) < jobs and (not job.depends_on or job.depends_on in finished):
+                        pending.remove(job)
+                        future = pool.submit(_child, job, os.path.join(runs, job.name), root)
+                        running[future] = (job, time.time())
+                if not running:
+                    continue
+                done, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in done:
+                    job, started = running.pop(future)
+                    count += 1
+                    try:
+                        result = future.result()
+                    except Exception as e:  # the process died (killed, out of memory)
+                        result = {"error": f"the job's process died: {type(e).__name__}: {e}"}
+                    seconds = time.time() - started
+                    if "error" in result:
+                        failed.append(job.name)
+                        log_path = os.path.join(runs, job.name, "log.txt")
+                        log(f"[{count}/{total}] FAILED {job.name} after {seconds:.0f} s: "
+                            f"{result['error']} (see {log_path})")  # fmt: skip
+                    else:
+                        finished.add(job.name)
+                        log(f"[{count}/{total}] done {job.name} in {seconds:.0f} s"
+                            f"{_headline(result)}")  # fmt: skip
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return failed
+
+
+def _headline(result: dict) -> str:
+    metrics = result.get("metrics") or {}
+    for path in ("classifier/accuracy", "generated/accuracy", "accuracy", "eval/lm/loss",
+                 "eval/mlm/loss", "train/loss"):  # fmt: skip
+        value = metric_value(metrics, path, default=None)
+        if value is not None:
+            return f": {path} {value:.4f}"
+    return ""
+
+
+# A study's metric 'accuracy' is read from the first scorer a job's metrics hold.
+SCORERS = ("classifier", "generated", "ranked")
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Nested metrics -> {'a/b': number}."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def metric_value(metrics: dict, path: str, default=KeyError):
+    """`path` ('a/b' into nested dicts) in a job's metrics; a bare name also looks under
+    each of SCORERS (a classifier's, or T5's generated label words)."""
+    flat = flatten(metrics)
+    candidates = [path] if "/" in path else [path, *(f"{s}/{path}" for s in SCORERS)]
+    for candidate in candidates:
+        if candidate in flat:
+            return flat[candidate]
+    if default is KeyError:
+        raise KeyError(f"no metric {path!r} among {sorted(flat)}")
+    return default
