@@ -19,15 +19,16 @@ uniformly random non-special id with probability replace_with_random, else stays
 span mode the choice is made once per span, as SpanBERT does, so a span is either all
 [MASK], all random or all kept.
 
-Examples. Without NSP: [CLS] document [SEP], all token types 0, packed by concatenation
-into full rows (RoBERTa's FULL-SENTENCES; a document longer than a row is split by the
-packer). With NSP: one [CLS] A [SEP] B [SEP] example per row. A is the document up to
-a random word start, B is (label 0, "IsNext") the rest of the document or (label 1) a
-chunk of another document, starting at a word start and as long as the true B would
-be; the two are equally likely. A document of fewer than two words has no true
-continuation: A is all of it and B is a chunk of another document (label 1). The pair
-is cut to seq_len as BERT does: the longer of A and B loses its last token until it
-fits. Masking is applied to the final example.
+Examples. Without NSP: the document is cut into consecutive chunks of seq_len - 2
+tokens (`chunk_length`; the last one shorter), each one [CLS] chunk [SEP] example with
+token types 0, packed by concatenation into full rows (RoBERTa's FULL-SENTENCES).
+With NSP: one [CLS] A [SEP] B [SEP] example per row. A is the document up to a random
+word start, B is (label 0, "IsNext") the rest of the document or (label 1) a chunk of
+another document, starting at a word start and as long as the true B would be; the two
+are equally likely. A document of fewer than two words has no true continuation: A is
+all of it and B is a chunk of another document (label 1). The pair is cut to seq_len as
+BERT does: the longer of A and B loses its last token until it fits. Masking is applied
+to the final example.
 """
 
 from __future__ import annotations
@@ -216,6 +217,8 @@ class MaskedLM(base.Objective):
         self.dynamic_randomness = dynamic_masking
         self.uses_other_document = next_sentence_prediction
         self.pack_mode = packing.PACK_NONE if next_sentence_prediction else packing.PACK_CONCAT
+        # [CLS] chunk [SEP] per example; sentence pairs are not fixed chunks (`preprocess`).
+        self.chunk_length = None if next_sentence_prediction else seq_len - 2
         mlm = base.LossTerm("mlm", "mlm_logits", "encoder_target_tokens", "encoder_loss_weights")
         nsp = base.LossTerm("nsp", "nsp_logits", "nsp_labels", "nsp_weights")
         self.loss_terms = (mlm, nsp) if next_sentence_prediction else (mlm,)
@@ -231,17 +234,28 @@ class MaskedLM(base.Objective):
             lengths.update(nsp_labels=1, nsp_weights=1)
         return lengths
 
-    def preprocess(self, tokens, rng, other=None):
+    def preprocess(self, tokens, rng, other_document=None):
+        """One document -> its examples: consecutive chunks without NSP, one sentence
+        pair with it (see the module docstring)."""
         tokens = np.asarray(tokens, np.int32)
-        if self.next_sentence_prediction:
-            if other is None:
-                raise ValueError("next sentence prediction needs the `other` document")
-            a, b, label = self.sentence_pair(tokens, np.asarray(other, np.int32), rng)
-            targets = np.concatenate([[self.cls_id], a, [self.sep_id], b, [self.sep_id]])
-            token_types = np.repeat([0, 1], [len(a) + 2, len(b) + 1])
-        else:
-            targets = np.concatenate([[self.cls_id], tokens, [self.sep_id]])
-            token_types = np.zeros(len(targets))
+        if not self.next_sentence_prediction:
+            return super().preprocess(tokens, rng)
+        if other_document is None:
+            raise ValueError("next sentence prediction needs the `other_document` function")
+        other = np.asarray(other_document(rng), np.int32)
+        a, b, label = self.sentence_pair(tokens, other, rng)
+        targets = np.concatenate([[self.cls_id], a, [self.sep_id], b, [self.sep_id]])
+        token_types = np.repeat([0, 1], [len(a) + 2, len(b) + 1])
+        example = self.masked_example(targets, token_types, rng)
+        example.update(nsp_labels=np.array([label], np.int32), nsp_weights=np.ones(1, np.int32))
+        return [example]
+
+    def make_example(self, tokens, rng):
+        targets = np.concatenate([[self.cls_id], np.asarray(tokens, np.int32), [self.sep_id]])
+        return self.masked_example(targets, np.zeros(len(targets)), rng)
+
+    def masked_example(self, targets, token_types, rng) -> dict[str, np.ndarray]:
+        """[length] original ids and token types -> the masked LM features, int32."""
         inputs, weights = self.corrupt(targets.astype(np.int32), rng)
         example = {
             "encoder_input_tokens": inputs,
@@ -249,8 +263,6 @@ class MaskedLM(base.Objective):
             "encoder_loss_weights": weights,
             "encoder_token_type_ids": token_types,
         }
-        if self.next_sentence_prediction:
-            example.update(nsp_labels=np.array([label]), nsp_weights=np.ones(1))
         return {name: values.astype(np.int32) for name, values in example.items()}
 
     def select(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:

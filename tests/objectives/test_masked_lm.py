@@ -52,7 +52,7 @@ RATES = dict(mask_rate=0.3, replace_with_mask=0.5, replace_with_random=0.3, keep
 
 def test_token_masking_hand_worked():
     # k = round(0.3 * 10) = 3 tokens anywhere; each one decides mask/random/keep alone.
-    example = make(masking="token", **RATES).preprocess(DOC, np.random.default_rng(2))
+    (example,) = make(masking="token", **RATES).preprocess(DOC, np.random.default_rng(2))
     assert as_lists(example) == {
         "encoder_input_tokens": [CLS, 11, 42, MASK, 13, 41, 42, 17, 15, 16, 43, SEP],
         "encoder_target_tokens": [CLS, 11, 40, 12, 13, 41, 42, 14, 15, 16, 43, SEP],
@@ -63,7 +63,7 @@ def test_token_masking_hand_worked():
 
 def test_whole_word_masking_hand_worked():
     # k = 3: the three-piece word [13 41 42] fills the budget; pieces decide alone.
-    example = make(masking="whole_word", **RATES).preprocess(DOC, np.random.default_rng(3))
+    (example,) = make(masking="whole_word", **RATES).preprocess(DOC, np.random.default_rng(3))
     assert example["encoder_loss_weights"].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
     inputs = [CLS, 11, 40, 12, 42, MASK, MASK, 14, 15, 16, 43, SEP]  # 13 -> random 42
     assert example["encoder_input_tokens"].tolist() == inputs
@@ -73,7 +73,7 @@ def test_whole_word_masking_hand_worked():
 def test_span_masking_hand_worked():
     doc = np.array([*DOC, 17, 18, 19, 44, 20], np.int32)  # 15 tokens: k = round(3.75) = 4
     objective = make(masking="span", seq_len=32, **{**RATES, "mask_rate": 0.25})
-    example = objective.preprocess(doc, np.random.default_rng(2))
+    (example,) = objective.preprocess(doc, np.random.default_rng(2))
     # Two spans of two one-piece words: [14 15] all random, [17 18] all [MASK].
     weights = [0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0]
     inputs = [CLS, 11, 40, 12, 13, 41, 42, 45, 12, 16, 43, MASK, MASK, 19, 44, 20, SEP]
@@ -92,19 +92,45 @@ def test_whole_words_take_one_word_even_if_longer_than_k():
 def test_all_candidates_masked_at_rate_one():
     objective = make(mask_rate=1.0, replace_with_mask=1.0, replace_with_random=0.0,
                      keep_original=0.0)  # fmt: skip
-    example = objective.preprocess(np.array([11, 4, 40, 7, 12], np.int32), np.random.default_rng(0))
+    (example,) = objective.preprocess(
+        np.array([11, 4, 40, 7, 12], np.int32), np.random.default_rng(0)
+    )
     # The user-typed [MASK] (4) and sentinel (7) are special: never selected.
     assert example["encoder_input_tokens"].tolist() == [CLS, MASK, 4, MASK, 7, MASK, SEP]
     assert example["encoder_loss_weights"].tolist() == [0, 1, 0, 1, 0, 1, 0]
+
+
+def test_long_document_is_cut_into_row_sized_chunks():
+    objective = make()  # seq_len 16: [CLS] + 14 tokens + [SEP]
+    doc = np.random.default_rng(0).integers(10, 50, 145).astype(np.int32)  # 10 rows and 5
+    examples = objective.preprocess(doc, np.random.default_rng(0))
+    chunks = [e["encoder_target_tokens"] for e in examples]
+    assert [len(c) for c in chunks] == [16] * 10 + [7]
+    assert all(c[0] == CLS and c[-1] == SEP for c in chunks)
+    assert np.concatenate([c[1:-1] for c in chunks]).tolist() == doc.tolist()  # each token once
+    # Each chunk is masked as an example of its own: k = round(0.15 * 14) = 2, then 1.
+    assert [int(e["encoder_loss_weights"].sum()) for e in examples] == [2] * 10 + [1]
+    # Through the pipeline: every epoch has every chunk, whole, once.
+    batches = make_dataset([" ".join(map(str, doc))], NumbersTokenizer(), objective, batch_size=2,
+                           seed=0, shuffle=True, num_epochs=2, shard_index=0, shard_count=1,
+                           pad_final_batch=True)  # fmt: skip
+    targets = np.concatenate([b["encoder_target_tokens"].reshape(-1) for b in batches])
+    assert targets[targets > 0].tolist() == np.concatenate(chunks).tolist() * 2
+
+
+def other_document(tokens):
+    """What the pipeline passes an NSP objective: a function that draws another document."""
+    return lambda rng: np.asarray(tokens, np.int32)
 
 
 def test_nsp_true_continuation_hand_worked():
     objective = make(next_sentence_prediction=True, seq_len=12, mask_rate=0.2,
                      replace_with_mask=1.0, replace_with_random=0.0, keep_original=0.0)  # fmt: skip
     doc = np.array([11, 40, 12, 13, 41, 42, 14, 15], np.int32)
-    other = np.array([20, 44, 21, 22, 45, 23, 24], np.int32)
+    other = other_document([20, 44, 21, 22, 45, 23, 24])
     # Split before 12: A = [11 40], B = the document's rest (label 0, IsNext).
-    assert as_lists(objective.preprocess(doc, np.random.default_rng(2), other)) == {
+    (example,) = objective.preprocess(doc, np.random.default_rng(2), other)
+    assert as_lists(example) == {
         "encoder_input_tokens": [CLS, 11, 40, SEP, MASK, MASK, 41, 42, 14, 15, SEP],
         "encoder_target_tokens": [CLS, 11, 40, SEP, 12, 13, 41, 42, 14, 15, SEP],
         "encoder_loss_weights": [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0],
@@ -114,7 +140,7 @@ def test_nsp_true_continuation_hand_worked():
     }
     # Same split, random B (label 1): the 6 tokens of `other` from its only word start
     # that leaves room for 6.
-    example = objective.preprocess(doc, np.random.default_rng(5), other)
+    (example,) = objective.preprocess(doc, np.random.default_rng(5), other)
     assert example["encoder_target_tokens"].tolist() == [CLS, 11, 40, SEP, 20, 44, 21, 22, 45,
                                                          23, SEP]  # fmt: skip
     assert example["encoder_token_type_ids"].tolist() == [0] * 4 + [1] * 7
@@ -153,15 +179,17 @@ def big_corpus(num_docs, seed, min_len=300, max_len=600):
 
 
 def run_corpus(objective, docs):
-    examples = [objective.preprocess(doc, np.random.default_rng(i)) for i, doc in enumerate(docs)]
+    examples = [example for i, doc in enumerate(docs)
+                for example in objective.preprocess(doc, np.random.default_rng(i))]  # fmt: skip
     return {name: np.concatenate([e[name] for e in examples]) for name in examples[0]}
 
 
 @pytest.mark.parametrize(("masking", "rate_tolerance"), [("token", 0.0015), ("whole_word", 0.0015),
                                                          ("span", 0.01)])  # fmt: skip
 def test_rates_over_many_tokens(masking, rate_tolerance):
-    # Span mode stops only once k is reached, overshooting by about half a span.
-    got = run_corpus(make(big=True, masking=masking, seq_len=512), big_corpus(250, seed=0))
+    # Span mode stops only once k is reached, overshooting by about half a span per
+    # example: one example a document here (seq_len 602), so short chunks do not add up.
+    got = run_corpus(make(big=True, masking=masking, seq_len=602), big_corpus(250, seed=0))
     inputs, targets = got["encoder_input_tokens"], got["encoder_target_tokens"]
     selected = got["encoder_loss_weights"] == 1
     candidates = ~BIG_SPECIAL[targets]
@@ -203,9 +231,10 @@ def word_ids(tokens, word_start):
 
 def test_whole_words_are_selected_together():
     docs = big_corpus(40, seed=2)
-    objective = make(big=True, masking="whole_word", seq_len=512)
+    objective = make(big=True, masking="whole_word", seq_len=602)  # one example a document
     for i, doc in enumerate(docs):
-        weights = objective.preprocess(doc, np.random.default_rng(i))["encoder_loss_weights"][1:-1]
+        (example,) = objective.preprocess(doc, np.random.default_rng(i))
+        weights = example["encoder_loss_weights"][1:-1]
         candidates = ~BIG_SPECIAL[doc]
         # A word: pieces after a word start, ending at the next word start or special.
         words = np.cumsum(BIG_WORD_START[doc] | np.concatenate([[True], ~candidates[:-1]]))
@@ -259,7 +288,7 @@ def test_nsp_labels_balanced_and_pairs_exact():
     labels = []
     for i, doc in enumerate(docs):
         other = docs[i - 1]
-        example = objective.preprocess(doc, np.random.default_rng(i), other)
+        (example,) = objective.preprocess(doc, np.random.default_rng(i), other_document(other))
         targets, types = example["encoder_target_tokens"], example["encoder_token_type_ids"]
         first_sep, last = np.flatnonzero(targets == SEP)  # documents hold no [SEP]
         assert targets[0] == CLS and last == len(targets) - 1
@@ -280,7 +309,7 @@ def test_nsp_long_document_is_truncated_to_seq_len():
     objective = make(big=True, next_sentence_prediction=True, seq_len=64)
     doc, other = big_corpus(2, seed=5)
     for seed in range(20):
-        example = objective.preprocess(doc, np.random.default_rng(seed), other)
+        (example,) = objective.preprocess(doc, np.random.default_rng(seed), other_document(other))
         assert all(len(values) == 64 for name, values in example.items() if "encoder" in name)
 
 
@@ -294,6 +323,7 @@ def test_contract_and_registry():
     assert (plain.pack_mode, nsp.pack_mode) == ("concat", "none")
     assert (plain.uses_other_document, nsp.uses_other_document) == (False, True)
     assert (plain.dynamic_randomness, nsp.dynamic_randomness) == (True, False)
+    assert (plain.chunk_length, nsp.chunk_length) == (14, None)  # [CLS] chunk [SEP]; pairs
     assert [t.name for t in plain.loss_terms] == ["mlm"]
     mlm, nsp_term = nsp.loss_terms
     assert (mlm.output, mlm.targets, mlm.weights) == (
@@ -414,7 +444,7 @@ def test_tokenizer_masks_and_build(tokenizer):
     tokens = tokenizer.encode(" ".join(words))  # unseen letters are spelled in bytes
     assert len(tokens) > 2 * len(words)
     for seed in range(20):
-        example = objective.preprocess(tokens, np.random.default_rng(seed))
+        (example,) = objective.preprocess(tokens, np.random.default_rng(seed))
         selected = example["encoder_loss_weights"][1:-1] == 1
         text = tokenizer.decode(np.where(selected, tokens, tokenizer.pad_id))
         assert text.split() and set(text.split()) <= set(words)  # whole words only
