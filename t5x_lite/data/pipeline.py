@@ -1,18 +1,21 @@
 """The grain pipeline: documents -> shard -> shuffle -> repeat -> tokenize -> objective
--> pack -> batch.
+(each document -> its examples) -> pack -> batch.
 
 Everything is deterministic given the seed: the document order (a fresh permutation
 each epoch), the objective's randomness and therefore every batch. The objective's rng
 is seeded from (seed, shard, position in the repeated stream) when the objective has
 `dynamic_randomness` (a new draw, e.g. a new mask, each time a document comes back),
-and from (seed, document index in `docs`) otherwise (the same example every epoch, and
+and from (seed, document index in `docs`) otherwise (the same examples every epoch, and
 on any number of shards). `iter(ds)` returns a grain iterator whose `get_state()` is
 JSON-serializable and whose `set_state()` resumes with exactly the batches an
-uninterrupted run would have seen.
+uninterrupted run would have seen: a state taken between two examples of one document
+holds the document's place and the number of its examples already read, and resuming
+reruns the objective on that document (a pure function of it and its rng) to continue.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -111,8 +114,10 @@ def _has_tokens(document: _Document) -> bool:
     return len(document.tokens) > 0
 
 
-class _ApplyObjective:
-    """_Document -> example, with the rng (and other document) the objective asks for."""
+class _ApplyObjective(grain.experimental.FlatMapTransform):
+    """_Document -> its examples, with the rng (and other documents) the objective asks
+    for. grain's FlatMapIterDataset reads no `max_fan_out`: a document may give any
+    number of examples."""
 
     def __init__(
         self,
@@ -139,18 +144,19 @@ class _ApplyObjective:
         return np.random.default_rng(np.random.SeedSequence([self.seed, *purpose]))
 
     def other_tokens(self, document: _Document, rng: np.random.Generator) -> np.ndarray:
-        """Another document of this shard, uniformly; itself only if the shard has one."""
+        """Another document of this shard than `document`, uniformly; itself only if the
+        shard has one."""
         own = (document.doc_index - self.shard_index) // self.shard_count
         other = int(rng.integers(max(self.num_shard_docs - 1, 1)))
         if self.num_shard_docs > 1 and other >= own:
             other += 1  # skip the document itself
         return self.tokenizer.encode(self.docs[self.shard_index + other * self.shard_count])
 
-    def __call__(self, document: _Document) -> dict[str, np.ndarray]:
+    def flat_map(self, document: _Document) -> list[dict[str, np.ndarray]]:
         rng = self.rng(document)
         if self.objective.uses_other_document:
-            other = self.other_tokens(document, rng)
-            return self.objective.preprocess(document.tokens, rng, other)
+            other_document = functools.partial(self.other_tokens, document)
+            return self.objective.preprocess(document.tokens, rng, other_document)
         return self.objective.preprocess(document.tokens, rng)
 
 
@@ -211,11 +217,12 @@ def make_dataset(
     dataset = dataset.repeat(num_epochs)  # a fresh order each epoch
     dataset = dataset.map_with_index(_Tokenize(tokenizer, objective))
     dataset = dataset.filter(_has_tokens)
-    dataset = dataset.map(
-        _ApplyObjective(objective, docs, tokenizer, seed, shard_index, shard_count)
+    examples = grain.experimental.FlatMapIterDataset(
+        dataset.to_iter_dataset(_READ_OPTIONS),
+        _ApplyObjective(objective, docs, tokenizer, seed, shard_index, shard_count),
     )
     rows = pack(
-        dataset.to_iter_dataset(_READ_OPTIONS),
+        examples,
         feature_lengths=objective.feature_lengths(),
         pack_mode=objective.pack_mode,
         num_open_rows=FIRST_FIT_OPEN_ROWS,

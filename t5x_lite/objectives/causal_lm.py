@@ -14,7 +14,10 @@ class CausalLM(base.Objective):
     """Targets are the document followed by EOS; inputs are the targets shifted right by BOS.
 
     The shift happens per document, before packing, so a packed row never feeds one
-    document's last token to the next document's first prediction.
+    document's last token to the next document's first prediction. A document is one
+    example however long (`chunk_length` None): concat packing cuts it across rows,
+    continuing with the already shifted inputs, so every token is a target once per
+    epoch and none is lost at a row boundary.
     """
 
     architectures = ("decoder_only",)
@@ -35,7 +38,7 @@ class CausalLM(base.Objective):
             "decoder_loss_weights": self.seq_len,
         }
 
-    def preprocess(self, tokens, rng):
+    def make_example(self, tokens, rng):
         del rng  # deterministic
         targets = np.concatenate([tokens, [self.eos_id]]).astype(np.int32)
         inputs = np.concatenate([[self.bos_id], targets[:-1]]).astype(np.int32)

@@ -1,8 +1,9 @@
-"""The chunk of a document that one example is made from.
+"""The chunks of a document that its examples are made from.
 
-Objectives that must fit a document into fixed rows (span corruption, prefix LM, T5's
-other denoising objectives) work out the longest raw chunk that still fits once
-transformed, and cut a chunk of at most that length from each document.
+Objectives that must fit a document into fixed rows (masked LM, span corruption, prefix
+LM, T5's other denoising objectives) work out the longest raw chunk that still fits
+once transformed, and cut each document into consecutive chunks of that length, as T5
+does: every token of a document lands in exactly one example per epoch.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def random_chunk(tokens: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """The whole document if it has <= length tokens, else `length` tokens from a
-    uniformly random start."""
-    if len(tokens) <= length:
-        return tokens
-    start = int(rng.integers(len(tokens) - length + 1))
-    return tokens[start : start + length]
+def consecutive_chunks(tokens, length: int | None) -> list:
+    """[num_tokens] -> consecutive pieces of `length` tokens (the last may be shorter);
+    the whole document as one piece when `length` is None."""
+    if length is None:
+        return [tokens]
+    return [tokens[start : start + length] for start in range(0, len(tokens), length)]
 
 
 def largest_fitting_length(fits: np.ndarray) -> int:

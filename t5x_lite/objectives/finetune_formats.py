@@ -2,7 +2,8 @@
 
 A fine-tuning "document" is a task example with `text_a`, `text_b` (None for
 single-sentence tasks), `label` (class index, or -1) and `target` (text); see
-`t5x_lite.data.labelled`. `encode` tokenizes its fields; `preprocess` lays them out:
+`t5x_lite.data.labelled`. `encode` tokenizes its fields; `make_example` lays them out,
+one example per labelled row (`chunk_length` stays None):
 
   classification, decoder_only (GPT-1, Radford et al. 2018, Figure 1):
       [START] a [DELIM] b [EXTRACT]     START = BOS, DELIM = [SEP], EXTRACT = [CLS]
@@ -83,7 +84,7 @@ class _Classification(base.Objective):
         return tokenizer.encode(example.text_a), text_b, np.array([example.label], np.int32)
 
     def dropped_tokens(self, tokens) -> int:
-        """How many text tokens `preprocess` cuts from this example to fit the row."""
+        """How many text tokens `make_example` cuts from this example to fit the row."""
         text_a, text_b, _ = tokens
         pair = len(text_b) > 0
         return max(0, len(text_a) + len(text_b) - (self.seq_len - 2 - pair))
@@ -120,7 +121,7 @@ class DecoderClassification(_Classification):
             "class_token_index": 1,
         }
 
-    def preprocess(self, tokens, rng):
+    def make_example(self, tokens, rng):
         del rng
         text_a, text_b, label = tokens
         pair = len(text_b) > 0
@@ -164,7 +165,7 @@ class EncoderClassification(_Classification):
             "class_weights": 1,
         }
 
-    def preprocess(self, tokens, rng):
+    def make_example(self, tokens, rng):
         del rng
         text_a, text_b, label = tokens
         pair = len(text_b) > 0
@@ -247,13 +248,13 @@ class TextToText(base.Objective):
         return encoder_decoder_lengths(self.inputs_length, self.targets_length)
 
     def dropped_tokens(self, tokens) -> int:
-        """How many input and target tokens `preprocess` cuts (each keeps room for EOS)."""
+        """How many input and target tokens `make_example` cuts (each keeps room for EOS)."""
         inputs, targets = tokens
         return max(0, len(inputs) - self.inputs_length + 1) + max(
             0, len(targets) - self.targets_length + 1
         )
 
-    def preprocess(self, tokens, rng):
+    def make_example(self, tokens, rng):
         del rng
         inputs, targets = tokens
         return encoder_decoder_example(

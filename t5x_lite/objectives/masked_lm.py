@@ -19,15 +19,23 @@ uniformly random non-special id with probability replace_with_random, else stays
 span mode the choice is made once per span, as SpanBERT does, so a span is either all
 [MASK], all random or all kept.
 
-Examples. Without NSP: [CLS] document [SEP], all token types 0, packed by concatenation
-into full rows (RoBERTa's FULL-SENTENCES; a document longer than a row is split by the
-packer). With NSP: one [CLS] A [SEP] B [SEP] example per row. A is the document up to
-a random word start, B is (label 0, "IsNext") the rest of the document or (label 1) a
-chunk of another document, starting at a word start and as long as the true B would
-be; the two are equally likely. A document of fewer than two words has no true
-continuation: A is all of it and B is a chunk of another document (label 1). The pair
-is cut to seq_len as BERT does: the longer of A and B loses its last token until it
-fits. Masking is applied to the final example.
+Examples. Without NSP: the document is cut into consecutive chunks of seq_len - 2
+tokens (`chunk_length`; the last one shorter), each one [CLS] chunk [SEP] example with
+token types 0, packed by concatenation into full rows (RoBERTa's FULL-SENTENCES).
+With NSP, one [CLS] A [SEP] B [SEP] example per row, packed as BERT's
+create_pretraining_data does, with words as its segments (the token stream marks no
+sentences). From the first unused token a chunk takes as many whole words as fit
+seq_len - 3 tokens; A is the chunk up to a random word start inside it, and B is
+(label 0, "IsNext") the rest of the chunk or (label 1) a span of another document,
+starting at a word start and as long as the true B would be, so that B's length does
+not give it away; the two are equally likely, and each label-1 pair draws its own other
+document. IsNext uses the whole chunk; label 1 uses only A and, as BERT puts back its
+unused segments, the rest of the chunk starts the next pair. A chunk of one word has no
+true continuation: A is that word, or its first (seq_len - 3) // 2 tokens so that a B
+as long fits (the rest starts the next pair), and B comes from another document (label
+1). Pairs are built to fit the row, so nothing is truncated: every token of the
+document is in exactly one A or IsNext B per epoch, and a document yields as many pairs
+as that takes. Masking is applied to each final example.
 """
 
 from __future__ import annotations
@@ -158,20 +166,6 @@ def select_spans(
     return span_of_word
 
 
-def truncate_pair(a: np.ndarray, b: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    """BERT's truncate_seq_pair in closed form: the longer one (B on ties) loses its last
-    token until len(a) + len(b) <= budget."""
-    excess = len(a) + len(b) - budget
-    if excess <= 0:
-        return a, b
-    gap = abs(len(a) - len(b))
-    if excess <= gap:
-        return (a[: len(a) - excess], b) if len(a) > len(b) else (a, b[: len(b) - excess])
-    shorter = min(len(a), len(b))
-    rest = excess - gap  # alternates from equal lengths, B first
-    return a[: shorter - rest // 2], b[: shorter - (rest + 1) // 2]
-
-
 @register("masked_lm")
 class MaskedLM(base.Objective):
     """Masked LM (+ NSP) for encoder-only models; see the module docstring."""
@@ -216,6 +210,8 @@ class MaskedLM(base.Objective):
         self.dynamic_randomness = dynamic_masking
         self.uses_other_document = next_sentence_prediction
         self.pack_mode = packing.PACK_NONE if next_sentence_prediction else packing.PACK_CONCAT
+        # [CLS] chunk [SEP] per example; sentence pairs are not fixed chunks (`preprocess`).
+        self.chunk_length = None if next_sentence_prediction else seq_len - 2
         mlm = base.LossTerm("mlm", "mlm_logits", "encoder_target_tokens", "encoder_loss_weights")
         nsp = base.LossTerm("nsp", "nsp_logits", "nsp_labels", "nsp_weights")
         self.loss_terms = (mlm, nsp) if next_sentence_prediction else (mlm,)
@@ -231,17 +227,31 @@ class MaskedLM(base.Objective):
             lengths.update(nsp_labels=1, nsp_weights=1)
         return lengths
 
-    def preprocess(self, tokens, rng, other=None):
+    def preprocess(self, tokens, rng, other_document=None):
+        """One document -> its examples: consecutive chunks without NSP, sentence pairs
+        with it (see the module docstring)."""
         tokens = np.asarray(tokens, np.int32)
-        if self.next_sentence_prediction:
-            if other is None:
-                raise ValueError("next sentence prediction needs the `other` document")
-            a, b, label = self.sentence_pair(tokens, np.asarray(other, np.int32), rng)
+        if not self.next_sentence_prediction:
+            return super().preprocess(tokens, rng)
+        if other_document is None:
+            raise ValueError("next sentence prediction needs the `other_document` function")
+        examples = []
+        # Each pair is masked before the next is drawn, so the first pair of a document
+        # draws what a document of one pair does.
+        for a, b, label in self.sentence_pairs(tokens, other_document, rng):
             targets = np.concatenate([[self.cls_id], a, [self.sep_id], b, [self.sep_id]])
             token_types = np.repeat([0, 1], [len(a) + 2, len(b) + 1])
-        else:
-            targets = np.concatenate([[self.cls_id], tokens, [self.sep_id]])
-            token_types = np.zeros(len(targets))
+            example = self.masked_example(targets, token_types, rng)
+            example.update(nsp_labels=np.array([label], np.int32), nsp_weights=np.ones(1, np.int32))
+            examples.append(example)
+        return examples
+
+    def make_example(self, tokens, rng):
+        targets = np.concatenate([[self.cls_id], np.asarray(tokens, np.int32), [self.sep_id]])
+        return self.masked_example(targets, np.zeros(len(targets)), rng)
+
+    def masked_example(self, targets, token_types, rng) -> dict[str, np.ndarray]:
+        """[length] original ids and token types -> the masked LM features, int32."""
         inputs, weights = self.corrupt(targets.astype(np.int32), rng)
         example = {
             "encoder_input_tokens": inputs,
@@ -249,8 +259,6 @@ class MaskedLM(base.Objective):
             "encoder_loss_weights": weights,
             "encoder_token_type_ids": token_types,
         }
-        if self.next_sentence_prediction:
-            example.update(nsp_labels=np.array([label]), nsp_weights=np.ones(1))
         return {name: values.astype(np.int32) for name, values in example.items()}
 
     def select(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -292,23 +300,37 @@ class MaskedLM(base.Objective):
         inputs[selected] = new_ids
         return inputs, selected.astype(np.int32)
 
-    def sentence_pair(self, tokens: np.ndarray, other: np.ndarray, rng: np.random.Generator):
-        """One document (and another) -> (A, B, nsp label), cut to fit seq_len."""
+    def sentence_pairs(self, tokens: np.ndarray, other_document, rng: np.random.Generator):
+        """One document -> (A, B, nsp label) for each of its pairs, in order, each drawn
+        when the caller asks for it (see the module docstring)."""
+        budget = self.seq_len - 3  # [CLS] A [SEP] B [SEP]
         split_points = 1 + np.flatnonzero(self.word_start[tokens[1:]])  # word starts after 0
-        wants_next = rng.random() < 0.5
-        if len(split_points):
-            split = int(split_points[rng.integers(len(split_points))])
-            a, true_b = tokens[:split], tokens[split:]
-        else:  # fewer than two words: no true continuation exists; B is as long as A
-            a, true_b, wants_next = tokens, tokens, False
-        if wants_next:
-            b = true_b
-        else:  # an empty `other` (it tokenized to nothing) is replaced by the document
-            b = self.random_chunk(other if len(other) else tokens, len(true_b), rng)
-        a, b = truncate_pair(a, b, self.seq_len - 3)
-        return a, b, IS_NEXT if wants_next else NOT_NEXT
+        boundaries = np.concatenate([[0], split_points, [len(tokens)]])  # sorted
+        start = 0
+        # Binary searches, not masks over the document: a long one costs O(pairs log n).
+        while start < len(tokens):
+            last = int(boundaries[np.searchsorted(boundaries, start + budget, "right") - 1])
+            end = last if last > start else start + budget  # the whole words that fit
+            first = np.searchsorted(split_points, start, "right")
+            inside = split_points[first : np.searchsorted(split_points, end, "left")]
+            wants_next = rng.random() < 0.5
+            if len(inside):
+                split = int(inside[rng.integers(len(inside))])
+                a, true_b = tokens[start:split], tokens[split:end]
+            else:  # one word: no true continuation; A leaves room for a B as long
+                split = end = min(end, start + budget // 2)
+                a, wants_next = tokens[start:end], False
+                true_b = a
+            if wants_next:
+                b = true_b
+                start = end
+            else:  # an empty other document (it tokenized to nothing) is replaced by this one
+                other = np.asarray(other_document(rng), np.int32)
+                b = self.random_b(other if len(other) else tokens, len(true_b), rng)
+                start = split  # the rest of the chunk is put back for the next pair
+            yield a, b, IS_NEXT if wants_next else NOT_NEXT
 
-    def random_chunk(self, other: np.ndarray, length: int, rng: np.random.Generator):
+    def random_b(self, other: np.ndarray, length: int, rng: np.random.Generator):
         """Up to `length` tokens of `other` from a random word start; starts that leave
         room for the full length are preferred, so B's length does not give it away."""
         starts = np.flatnonzero(self.word_start[other])

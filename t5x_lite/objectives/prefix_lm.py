@@ -18,9 +18,9 @@ Split (`split`), for a chunk of n tokens:
           every other (no hidden defaults).
 For the decoder-only model the chunk has at most seq_len - 1 tokens (BOS + chunk fills
 the input row, chunk + EOS the target row) and `split` works on it the same way.
-A longer document gives a chunk at a uniformly random start (one example per document,
-as the objective contract says; the pipeline redraws it every epoch). A one-token
-document has no split: the encoder reads EOS alone and the decoder predicts the token.
+A document is cut into consecutive chunks of that length (`chunk_length`; the last one
+shorter, as T5's split_tokens), each split into one example. A one-token chunk has no
+split: the encoder reads EOS alone and the decoder predicts the token.
 Inputs and targets each end in EOS; the decoder reads the targets shifted right by BOS.
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 from t5x_lite.data import packing
 from t5x_lite.errors import UserError
 from t5x_lite.objectives import base
-from t5x_lite.objectives.chunks import largest_fitting_length, random_chunk
+from t5x_lite.objectives.chunks import largest_fitting_length
 from t5x_lite.objectives.encoder_decoder import (
     ENCODER_DECODER_LOSS,
     encoder_decoder_example,
@@ -86,12 +86,12 @@ class PrefixLM(base.Objective):
         self.split = split
         self.prefix_fraction = prefix_fraction
         self.bos_id, self.eos_id = bos_id, eos_id
-        self.raw_length = self._raw_length()
+        self.chunk_length = self._chunk_length()
 
-    def _raw_length(self) -> int:
+    def _chunk_length(self) -> int:
         if self.split == "random":
             return min(self.inputs_length, self.targets_length)
-        lengths = np.arange(2, self.inputs_length + self.targets_length - 1)  # [max_raw - 1]
+        lengths = np.arange(2, self.inputs_length + self.targets_length - 1)  # [max_chunk - 1]
         prefix = fixed_split(lengths, self.prefix_fraction)
         fits = (prefix < self.inputs_length) & (lengths - prefix < self.targets_length)
         # Length 1 always fits (EOS alone in, one token + EOS out), so offset by it.
@@ -100,8 +100,8 @@ class PrefixLM(base.Objective):
     def feature_lengths(self):
         return encoder_decoder_lengths(self.inputs_length, self.targets_length)
 
-    def preprocess(self, tokens, rng):
-        chunk = random_chunk(np.asarray(tokens, np.int32), self.raw_length, rng)
+    def make_example(self, tokens, rng):
+        chunk = np.asarray(tokens, np.int32)
         prefix_length = split_point(len(chunk), self.split, self.prefix_fraction, rng)
         return encoder_decoder_example(
             chunk[:prefix_length], chunk[prefix_length:], bos_id=self.bos_id, eos_id=self.eos_id
@@ -146,14 +146,14 @@ class DecoderPrefixLM(base.Objective):
         self.split = split
         self.prefix_fraction = prefix_fraction
         self.bos_id, self.eos_id = bos_id, eos_id
-        self.raw_length = seq_len - 1
+        self.chunk_length = seq_len - 1
 
     def feature_lengths(self):
         names = ("input_tokens", "target_tokens", "prefix_mask", "loss_weights")
         return {f"decoder_{name}": self.seq_len for name in names}
 
-    def preprocess(self, tokens, rng):
-        chunk = random_chunk(np.asarray(tokens, np.int32), self.raw_length, rng)
+    def make_example(self, tokens, rng):
+        chunk = np.asarray(tokens, np.int32)
         prefix_length = split_point(len(chunk), self.split, self.prefix_fraction, rng)
         targets = np.concatenate([chunk, [self.eos_id]]).astype(np.int32)
         position = np.arange(len(targets))

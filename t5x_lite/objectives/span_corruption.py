@@ -2,13 +2,11 @@
 
 Chunk. Corruption shortens the inputs and produces targets, so the raw chunk is the
 longest that fits both rows once corrupted (T5's random_spans_helper, which fits the
-inputs only; here both `inputs_length` and `targets_length` bind). `raw_length` is
+inputs only; here both `inputs_length` and `targets_length` bind). `chunk_length` is
 the largest length L such that every length up to L, corrupted, gives inputs (+ EOS)
-<= inputs_length and targets (+ EOS) <= targets_length; a shorter document is used
-whole, a longer one gives a chunk of raw_length tokens at a uniformly random start.
-T5 instead cuts a long document into consecutive chunks, one example each; the
-objective contract is one example per document, and the pipeline redraws the chunk
-every epoch.
+<= inputs_length and targets (+ EOS) <= targets_length. As in T5 (split_tokens), a
+document is cut into consecutive chunks of chunk_length tokens, the last one shorter,
+and each chunk is corrupted into one example: a short document is one chunk.
 
 Noise. With L the chunk length, num_noise = round(L * noise_density) clipped to
 [1, L - 1] (a one-token chunk is all noise), num_spans = round(num_noise /
@@ -36,7 +34,7 @@ import numpy as np
 from t5x_lite.data import packing
 from t5x_lite.errors import UserError
 from t5x_lite.objectives import base
-from t5x_lite.objectives.chunks import largest_fitting_length, random_chunk
+from t5x_lite.objectives.chunks import largest_fitting_length
 from t5x_lite.objectives.encoder_decoder import (
     ENCODER_DECODER_LOSS,
     encoder_decoder_example,
@@ -133,15 +131,15 @@ class SpanCorruption(base.Objective):
         self.corrupted_span = corrupted_span
         self.bos_id, self.eos_id = bos_id, eos_id
         self.sentinel_ids = np.asarray(sentinel_ids, np.int32)  # [num_sentinels]
-        self.raw_length = self._raw_length()
+        self.chunk_length = self._chunk_length()
 
-    def _raw_length(self) -> int:
+    def _chunk_length(self) -> int:
         """The longest chunk that fits once corrupted; checks it can hold a span."""
-        lengths = np.arange(1, self.inputs_length + self.targets_length + 1)  # [max_raw]
+        lengths = np.arange(1, self.inputs_length + self.targets_length + 1)  # [max_chunk]
         inputs, targets = self._corrupted_lengths(lengths)
         fits_inputs, fits_targets = inputs <= self.inputs_length, targets <= self.targets_length
-        raw_length = largest_fitting_length(fits_inputs & fits_targets)
-        if raw_length < 2:  # one kept token and one noise token
+        chunk_length = largest_fitting_length(fits_inputs & fits_targets)
+        if chunk_length < 2:  # one kept token and one noise token
             key = "inputs_length" if not fits_inputs[1] else "targets_length"
             raise UserError(
                 f"config.objective.{key}={getattr(self, key)} is too short to hold one kept"
@@ -149,7 +147,7 @@ class SpanCorruption(base.Objective):
                 f" inputs_length >= {inputs[1]}, targets_length >= {targets[1]}); raise it"
             )
         num_spans = int(
-            noise_counts(raw_length, self.noise_density, self.mean_noise_span_length)[1]
+            noise_counts(chunk_length, self.noise_density, self.mean_noise_span_length)[1]
         )
         if self.corrupted_span == "sentinel" and num_spans > len(self.sentinel_ids):
             raise UserError(
@@ -158,7 +156,7 @@ class SpanCorruption(base.Objective):
                 f" makes {num_spans} noise spans but there are {len(self.sentinel_ids)}"
                 " sentinels; raise mean_noise_span_length or lower noise_density / inputs_length"
             )
-        return raw_length
+        return chunk_length
 
     def _corrupted_lengths(self, lengths):
         return corrupted_lengths(
@@ -168,8 +166,8 @@ class SpanCorruption(base.Objective):
     def feature_lengths(self):
         return encoder_decoder_lengths(self.inputs_length, self.targets_length)
 
-    def preprocess(self, tokens, rng):
-        chunk = random_chunk(np.asarray(tokens, np.int32), self.raw_length, rng)
+    def make_example(self, tokens, rng):
+        chunk = np.asarray(tokens, np.int32)
         is_noise = random_spans_noise_mask(
             len(chunk), self.noise_density, self.mean_noise_span_length, rng
         )

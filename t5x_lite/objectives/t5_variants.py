@@ -2,10 +2,10 @@
 encoder-decoders: BERT-style denoising and deshuffling. With prefix_lm and
 span_corruption (sentinel / drop modes, any density and span length) they rebuild it.
 
-Both take a chunk of at most min(inputs_length, targets_length) - 1 tokens (a uniformly
-random one from a longer document), so inputs and targets, each + EOS, fit their rows.
-The targets are the whole uncorrupted chunk + EOS, every token scored; the decoder
-reads them shifted right by BOS.
+Both cut a document into consecutive chunks of min(inputs_length, targets_length) - 1
+tokens (the last one shorter; T5's split_tokens), so inputs and targets, each + EOS, fit
+their rows; each chunk is one example. The targets are the whole uncorrupted chunk +
+EOS, every token scored; the decoder reads them shifted right by BOS.
 
   bert_style   k = max(1, round(noise_density * candidates)) of the chunk's non-special
                tokens (user-typed sentinels, [MASK] etc. are never picked) are chosen
@@ -22,7 +22,6 @@ import numpy as np
 from t5x_lite.data import packing
 from t5x_lite.errors import UserError
 from t5x_lite.objectives import base
-from t5x_lite.objectives.chunks import random_chunk
 from t5x_lite.objectives.encoder_decoder import (
     ENCODER_DECODER_LOSS,
     encoder_decoder_example,
@@ -64,12 +63,15 @@ class _ChunkToOriginal(base.Objective):
     bos_id: int
     eos_id: int
 
+    @property
+    def chunk_length(self) -> int:
+        return min(self.inputs_length, self.targets_length) - 1
+
     def feature_lengths(self):
         return encoder_decoder_lengths(self.inputs_length, self.targets_length)
 
-    def preprocess(self, tokens, rng):
-        raw_length = min(self.inputs_length, self.targets_length) - 1
-        chunk = random_chunk(np.asarray(tokens, np.int32), raw_length, rng)
+    def make_example(self, tokens, rng):
+        chunk = np.asarray(tokens, np.int32)
         inputs = self.corrupt(chunk, rng)
         return encoder_decoder_example(inputs, chunk, bos_id=self.bos_id, eos_id=self.eos_id)
 

@@ -66,7 +66,7 @@ def test_concat_long_example_spans_several_rows_and_skips_empty():
 
 def test_concat_with_causal_lm_examples():
     objective = CausalLM(seq_len=4, bos_id=3, eos_id=1)
-    examples = [objective.preprocess(np.array(t, np.int32), None) for t in ([7, 8], [9, 10, 11])]
+    examples = [objective.make_example(np.array(t, np.int32), None) for t in ([7, 8], [9, 10, 11])]
     rows = packed_rows(examples, objective.feature_lengths(), objective.pack_mode)
     assert [row["decoder_input_tokens"] for row in rows] == [[3, 7, 8, 3], [9, 10, 11, 0]]
     assert [row["decoder_target_tokens"] for row in rows] == [[7, 8, 1, 9], [10, 11, 1, 0]]

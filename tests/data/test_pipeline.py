@@ -45,8 +45,8 @@ class NumberTokenizer:
 class RandomWeightCausalLM(CausalLM):
     """CausalLM whose loss weights are one draw from the rng: exposes the rng stream."""
 
-    def preprocess(self, tokens, rng):
-        example = super().preprocess(tokens, None)
+    def make_example(self, tokens, rng):
+        example = super().make_example(tokens, None)
         example["decoder_loss_weights"][:] = rng.integers(1, 2**30)
         return example
 
@@ -55,13 +55,26 @@ class StaticRandomWeightCausalLM(RandomWeightCausalLM):
     dynamic_randomness = False
 
 
+class ChunkedRandomWeightLM(RandomWeightCausalLM):
+    """Three tokens an example: with seq_len 4 (+ EOS) each example fills one row."""
+
+    chunk_length = 3
+
+
+class WordsTokenizer:
+    """Document "101 102 103" -> [101, 102, 103]."""
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.array([int(word) for word in text.split()], np.int32)
+
+
 class OtherDocumentLM(CausalLM):
-    """Appends the first token of the `other` document the pipeline hands it."""
+    """Appends the first token of an other document that the pipeline picks for it."""
 
     uses_other_document = True
 
-    def preprocess(self, tokens, rng, other):
-        return super().preprocess(np.concatenate([tokens, other[:1]]), rng)
+    def preprocess(self, tokens, rng, other_document):
+        return super().preprocess(np.concatenate([tokens, other_document(rng)[:1]]), rng)
 
 
 def build(docs, tokenizer, objective=None, **overrides):
@@ -125,6 +138,32 @@ def test_resume_from_saved_state(tokenizer):
     resumed = iter(dataset)
     resumed.set_state(state)
     assert_batches_equal(take(resumed, 4), expected)
+
+
+def test_documents_give_many_examples_and_resume_between_them():
+    # Document d holds 100*d .. 100*d + 11: four examples of three tokens each.
+    docs = [" ".join(str(100 * d + t) for t in range(12)) for d in range(1, 4)]
+    objective = ChunkedRandomWeightLM(seq_len=4, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+    dataset = build(docs, WordsTokenizer(), objective, batch_size=1, num_epochs=2)
+    batches = list(dataset)
+    assert len(batches) == 3 * 4 * 2
+    rows = np.array([b["decoder_target_tokens"][0] for b in batches])  # [24, 4]
+    assert (rows[:, 3] == tok_lib.EOS_ID).all()
+    for epoch in rows[:12], rows[12:]:  # every token once per epoch, chunks in order
+        assert sorted(epoch[:, :3].reshape(-1).tolist()) == sorted(
+            int(t) for doc in docs for t in doc.split())  # fmt: skip
+        for first in range(0, 12, 4):  # a document's chunks are consecutive examples
+            assert epoch[first : first + 4, :3].reshape(-1).tolist() == list(
+                range(epoch[first, 0], epoch[first, 0] + 12))  # fmt: skip
+    # A state saved between two examples of one document (after 1, 2, 5, 13 rows)
+    # resumes with the same rows, the rng's draws included.
+    for consumed in (1, 2, 5, 13):
+        iterator = iter(dataset)
+        take(iterator, consumed)
+        state = json.loads(json.dumps(iterator.get_state()))
+        resumed = iter(dataset)
+        resumed.set_state(state)
+        assert_batches_equal(list(resumed), batches[consumed:])
 
 
 def test_seed_determines_batches(tokenizer):

@@ -28,7 +28,8 @@ def build(arch, **knobs):
 
 
 def example(objective, task_example):
-    return objective.preprocess(objective.encode(TOK, task_example), rng=None)
+    (features,) = objective.preprocess(objective.encode(TOK, task_example), rng=None)
+    return features  # one example per labelled row, however long
 
 
 def test_gpt1_format_on_a_pair():
@@ -123,7 +124,7 @@ def test_truncation_counts_the_rows_and_tokens_cut():
     gpt = build("decoder_only", seq_len=6, aux_lm_weight=0.0)
     assert [gpt.dropped_tokens(gpt.encode(TOK, e)) for e in examples] == [2, 0, 9]
     assert finetune_formats.truncation(gpt, TOK, examples)["truncated_rows"] == 2
-    # The count agrees with what preprocess keeps.
+    # The count agrees with what make_example keeps.
     kept = len(example(gpt, long_pair)["decoder_input_tokens"]) - 3  # minus the specials
     assert kept == 12 - 9
     # T5: inputs "21 22 23 31 32" (5 tokens) and the target word, each keeping room for EOS.

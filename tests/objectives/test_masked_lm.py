@@ -16,7 +16,6 @@ from t5x_lite.objectives.masked_lm import (
     MaskedLM,
     select_spans,
     select_whole_words,
-    truncate_pair,
 )
 from tests.objectives.helpers import NumbersTokenizer
 
@@ -52,7 +51,7 @@ RATES = dict(mask_rate=0.3, replace_with_mask=0.5, replace_with_random=0.3, keep
 
 def test_token_masking_hand_worked():
     # k = round(0.3 * 10) = 3 tokens anywhere; each one decides mask/random/keep alone.
-    example = make(masking="token", **RATES).preprocess(DOC, np.random.default_rng(2))
+    (example,) = make(masking="token", **RATES).preprocess(DOC, np.random.default_rng(2))
     assert as_lists(example) == {
         "encoder_input_tokens": [CLS, 11, 42, MASK, 13, 41, 42, 17, 15, 16, 43, SEP],
         "encoder_target_tokens": [CLS, 11, 40, 12, 13, 41, 42, 14, 15, 16, 43, SEP],
@@ -63,7 +62,7 @@ def test_token_masking_hand_worked():
 
 def test_whole_word_masking_hand_worked():
     # k = 3: the three-piece word [13 41 42] fills the budget; pieces decide alone.
-    example = make(masking="whole_word", **RATES).preprocess(DOC, np.random.default_rng(3))
+    (example,) = make(masking="whole_word", **RATES).preprocess(DOC, np.random.default_rng(3))
     assert example["encoder_loss_weights"].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
     inputs = [CLS, 11, 40, 12, 42, MASK, MASK, 14, 15, 16, 43, SEP]  # 13 -> random 42
     assert example["encoder_input_tokens"].tolist() == inputs
@@ -73,7 +72,7 @@ def test_whole_word_masking_hand_worked():
 def test_span_masking_hand_worked():
     doc = np.array([*DOC, 17, 18, 19, 44, 20], np.int32)  # 15 tokens: k = round(3.75) = 4
     objective = make(masking="span", seq_len=32, **{**RATES, "mask_rate": 0.25})
-    example = objective.preprocess(doc, np.random.default_rng(2))
+    (example,) = objective.preprocess(doc, np.random.default_rng(2))
     # Two spans of two one-piece words: [14 15] all random, [17 18] all [MASK].
     weights = [0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0]
     inputs = [CLS, 11, 40, 12, 13, 41, 42, 45, 12, 16, 43, MASK, MASK, 19, 44, 20, SEP]
@@ -92,19 +91,45 @@ def test_whole_words_take_one_word_even_if_longer_than_k():
 def test_all_candidates_masked_at_rate_one():
     objective = make(mask_rate=1.0, replace_with_mask=1.0, replace_with_random=0.0,
                      keep_original=0.0)  # fmt: skip
-    example = objective.preprocess(np.array([11, 4, 40, 7, 12], np.int32), np.random.default_rng(0))
+    (example,) = objective.preprocess(np.array([11, 4, 40, 7, 12], np.int32),
+                                      np.random.default_rng(0))  # fmt: skip
     # The user-typed [MASK] (4) and sentinel (7) are special: never selected.
     assert example["encoder_input_tokens"].tolist() == [CLS, MASK, 4, MASK, 7, MASK, SEP]
     assert example["encoder_loss_weights"].tolist() == [0, 1, 0, 1, 0, 1, 0]
+
+
+def test_long_document_is_cut_into_row_sized_chunks():
+    objective = make()  # seq_len 16: [CLS] + 14 tokens + [SEP]
+    doc = np.random.default_rng(0).integers(10, 50, 145).astype(np.int32)  # 10 rows and 5
+    examples = objective.preprocess(doc, np.random.default_rng(0))
+    chunks = [e["encoder_target_tokens"] for e in examples]
+    assert [len(c) for c in chunks] == [16] * 10 + [7]
+    assert all(c[0] == CLS and c[-1] == SEP for c in chunks)
+    assert np.concatenate([c[1:-1] for c in chunks]).tolist() == doc.tolist()  # each token once
+    # Each chunk is masked as an example of its own: k = round(0.15 * 14) = 2, then 1.
+    assert [int(e["encoder_loss_weights"].sum()) for e in examples] == [2] * 10 + [1]
+    # Through the pipeline: every epoch has every chunk, whole, once.
+    batches = make_dataset([" ".join(map(str, doc))], NumbersTokenizer(), objective, batch_size=2,
+                           seed=0, shuffle=True, num_epochs=2, shard_index=0, shard_count=1,
+                           pad_final_batch=True)  # fmt: skip
+    targets = np.concatenate([b["encoder_target_tokens"].reshape(-1) for b in batches])
+    assert targets[targets > 0].tolist() == np.concatenate(chunks).tolist() * 2
+
+
+def other_document(tokens):
+    """What the pipeline passes an NSP objective: a function that draws another document."""
+    return lambda rng: np.asarray(tokens, np.int32)
 
 
 def test_nsp_true_continuation_hand_worked():
     objective = make(next_sentence_prediction=True, seq_len=12, mask_rate=0.2,
                      replace_with_mask=1.0, replace_with_random=0.0, keep_original=0.0)  # fmt: skip
     doc = np.array([11, 40, 12, 13, 41, 42, 14, 15], np.int32)
-    other = np.array([20, 44, 21, 22, 45, 23, 24], np.int32)
-    # Split before 12: A = [11 40], B = the document's rest (label 0, IsNext).
-    assert as_lists(objective.preprocess(doc, np.random.default_rng(2), other)) == {
+    other = other_document([20, 44, 21, 22, 45, 23, 24])
+    # Split before 12: A = [11 40], B = the document's rest (label 0, IsNext); that
+    # uses the whole document: one pair.
+    (example,) = objective.preprocess(doc, np.random.default_rng(2), other)
+    assert as_lists(example) == {
         "encoder_input_tokens": [CLS, 11, 40, SEP, MASK, MASK, 41, 42, 14, 15, SEP],
         "encoder_target_tokens": [CLS, 11, 40, SEP, 12, 13, 41, 42, 14, 15, SEP],
         "encoder_loss_weights": [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0],
@@ -113,30 +138,68 @@ def test_nsp_true_continuation_hand_worked():
         "nsp_weights": [1],
     }
     # Same split, random B (label 1): the 6 tokens of `other` from its only word start
-    # that leaves room for 6.
-    example = objective.preprocess(doc, np.random.default_rng(5), other)
+    # that leaves room for 6. The unused [12 ... 15] is put back: more pairs follow.
+    example, *rest = objective.preprocess(doc, np.random.default_rng(5), other)
     assert example["encoder_target_tokens"].tolist() == [CLS, 11, 40, SEP, 20, 44, 21, 22, 45,
                                                          23, SEP]  # fmt: skip
     assert example["encoder_token_type_ids"].tolist() == [0] * 4 + [1] * 7
     assert example["nsp_labels"].tolist() == [1]
+    assert rest and rest[0]["encoder_target_tokens"][1] == 12
 
 
-def bert_truncate_seq_pair(a, b, budget):
-    """Reference: BERT's loop, one token at a time from the end of the longer."""
-    a, b = list(a), list(b)
-    while len(a) + len(b) > budget:
-        (a if len(a) > len(b) else b).pop()
-    return a, b
+def pairs_as_lists(objective, doc, seed, other):
+    pairs = objective.sentence_pairs(doc, other_document(other), np.random.default_rng(seed))
+    return [(a.tolist(), b.tolist(), label) for a, b, label in pairs]
 
 
-@pytest.mark.parametrize(
-    ("len_a", "len_b", "budget"),
-    [(7, 3, 8), (3, 7, 8), (5, 5, 7), (6, 4, 5), (2, 9, 11), (9, 9, 2)],
-)
-def test_truncate_pair_matches_bert(len_a, len_b, budget):
-    a, b = np.arange(len_a), np.arange(100, 100 + len_b)
-    got = truncate_pair(a, b, budget)
-    assert [x.tolist() for x in got] == list(bert_truncate_seq_pair(a, b, budget))
+def test_nsp_pair_packing_hand_worked():
+    # seq_len 10: A + B hold at most 7 tokens. Words: [11 40] [12] [13 41 42] [14] [15] [16 43].
+    objective = make(next_sentence_prediction=True, seq_len=10)
+    other = [20, 44, 21, 22, 45, 23, 24]  # word starts at 0, 2, 3, 5, 6
+    # Seed 0. The first chunk is the words that fit 7 tokens, [11 40 12 13 41 42 14]; A ends
+    # at the word start 13 and B is random (label 1), 4 tokens from `other` as the true
+    # [13 41 42 14] would be. That rest is put back: the next chunk starts at 13 and takes
+    # the 7 tokens left; A = [13 41 42], B = its true rest (label 0). Nothing is left.
+    assert pairs_as_lists(objective, DOC, 0, other) == [
+        ([11, 40, 12], [20, 44, 21, 22], 1),
+        ([13, 41, 42], [14, 15, 16, 43], 0),
+    ]
+    # Seed 2. IsNext on the same first chunk leaves [15 16 43]: A = [15] and a random B as
+    # long as [16 43]; then the one word [16 43] has no true continuation (label 1).
+    assert pairs_as_lists(objective, DOC, 2, other) == [
+        ([11, 40], [12, 13, 41, 42, 14], 0),
+        ([15], [21, 22], 1),
+        ([16, 43], [21, 22], 1),
+    ]
+    # One 9-piece word: A takes (10 - 3) // 2 = 3 tokens at a time, so that a B as long
+    # fits too; three pairs use all of it.
+    word = np.array([11, *range(40, 48)], np.int32)
+    pairs = pairs_as_lists(objective, word, 0, other)
+    assert [a for a, _, _ in pairs] == [[11, 40, 41], [42, 43, 44], [45, 46, 47]]
+    assert [(len(b), label) for _, b, label in pairs] == [(3, 1)] * 3
+    # Each pair becomes one masked example before the next pair is drawn, so the first
+    # example holds the first pair drawn alone; together the pairs use the document once.
+    examples = objective.preprocess(DOC, np.random.default_rng(0), other_document(other))
+    assert unpack_pairs(examples)[0] == pairs_as_lists(objective, DOC, 0, other)[0]
+    assert used_tokens(unpack_pairs(examples)) == DOC.tolist()
+
+
+def unpack_pairs(examples):
+    """NSP examples -> (A, B, label) lists from their targets and token types."""
+    pairs = []
+    for example in examples:
+        targets, types = example["encoder_target_tokens"], example["encoder_token_type_ids"]
+        first_sep, last = np.flatnonzero(targets == SEP)  # documents hold no [SEP]
+        assert targets[0] == CLS and last == len(targets) - 1
+        assert np.array_equal(types, np.arange(len(targets)) > first_sep)
+        a, b = targets[1:first_sep], targets[first_sep + 1 : last]
+        pairs.append((a.tolist(), b.tolist(), int(example["nsp_labels"][0])))
+    return pairs
+
+
+def used_tokens(pairs):
+    """The document tokens the pairs use, in order: every A and every IsNext B."""
+    return [t for a, b, label in pairs for t in (a + b if label == 0 else a)]
 
 
 def big_corpus(num_docs, seed, min_len=300, max_len=600):
@@ -153,15 +216,17 @@ def big_corpus(num_docs, seed, min_len=300, max_len=600):
 
 
 def run_corpus(objective, docs):
-    examples = [objective.preprocess(doc, np.random.default_rng(i)) for i, doc in enumerate(docs)]
+    examples = [example for i, doc in enumerate(docs)
+                for example in objective.preprocess(doc, np.random.default_rng(i))]  # fmt: skip
     return {name: np.concatenate([e[name] for e in examples]) for name in examples[0]}
 
 
 @pytest.mark.parametrize(("masking", "rate_tolerance"), [("token", 0.0015), ("whole_word", 0.0015),
                                                          ("span", 0.01)])  # fmt: skip
 def test_rates_over_many_tokens(masking, rate_tolerance):
-    # Span mode stops only once k is reached, overshooting by about half a span.
-    got = run_corpus(make(big=True, masking=masking, seq_len=512), big_corpus(250, seed=0))
+    # Span mode stops only once k is reached, overshooting by about half a span per
+    # example: one example a document here (seq_len 602), so short chunks do not add up.
+    got = run_corpus(make(big=True, masking=masking, seq_len=602), big_corpus(250, seed=0))
     inputs, targets = got["encoder_input_tokens"], got["encoder_target_tokens"]
     selected = got["encoder_loss_weights"] == 1
     candidates = ~BIG_SPECIAL[targets]
@@ -203,9 +268,10 @@ def word_ids(tokens, word_start):
 
 def test_whole_words_are_selected_together():
     docs = big_corpus(40, seed=2)
-    objective = make(big=True, masking="whole_word", seq_len=512)
+    objective = make(big=True, masking="whole_word", seq_len=602)  # one example a document
     for i, doc in enumerate(docs):
-        weights = objective.preprocess(doc, np.random.default_rng(i))["encoder_loss_weights"][1:-1]
+        (example,) = objective.preprocess(doc, np.random.default_rng(i))
+        weights = example["encoder_loss_weights"][1:-1]
         candidates = ~BIG_SPECIAL[doc]
         # A word: pieces after a word start, ending at the next word start or special.
         words = np.cumsum(BIG_WORD_START[doc] | np.concatenate([[True], ~candidates[:-1]]))
@@ -256,32 +322,35 @@ def test_nsp_labels_balanced_and_pairs_exact():
     objective = make(big=True, next_sentence_prediction=True, seq_len=700)
     # >= 8 tokens: all but ~0.02% have the two words a true continuation needs.
     docs = big_corpus(2000, seed=4, min_len=8, max_len=40)
-    labels = []
+    first_labels = []
     for i, doc in enumerate(docs):
         other = docs[i - 1]
-        example = objective.preprocess(doc, np.random.default_rng(i), other)
-        targets, types = example["encoder_target_tokens"], example["encoder_token_type_ids"]
-        first_sep, last = np.flatnonzero(targets == SEP)  # documents hold no [SEP]
-        assert targets[0] == CLS and last == len(targets) - 1
-        assert np.array_equal(types, np.arange(len(targets)) > first_sep)
-        a, b = targets[1:first_sep], targets[first_sep + 1 : last]
-        label = int(example["nsp_labels"][0])
-        if label == 0:  # short documents: nothing truncated, A + B is the document
-            assert np.array_equal(np.concatenate([a, b]), doc)
-        else:
-            assert np.array_equal(a, doc[: len(a)])
-            starts = np.flatnonzero(BIG_WORD_START[other])
-            assert any(np.array_equal(other[s : s + len(b)], b) for s in starts)
-        labels.append(label)
-    assert abs(np.mean(labels) - 0.5) < 0.02
+        pairs = unpack_pairs(objective.preprocess(doc, np.random.default_rng(i),
+                                                  other_document(other)))  # fmt: skip
+        # Short documents: nothing truncated, the pairs use the document exactly once.
+        assert used_tokens(pairs) == doc.tolist()
+        starts = np.flatnonzero(BIG_WORD_START[other])
+        for _, b, label in pairs:
+            if label == 1:  # a span of the other document from a word start
+                assert any(other[s : s + len(b)].tolist() == b for s in starts)
+        first_labels.append(pairs[0][2])
+    # The first pair's chunk holds two words or more: IsNext half the time.
+    assert abs(np.mean(first_labels) - 0.5) < 0.02
 
 
-def test_nsp_long_document_is_truncated_to_seq_len():
+def test_nsp_long_document_gives_pairs_that_fit_and_use_it_whole():
     objective = make(big=True, next_sentence_prediction=True, seq_len=64)
-    doc, other = big_corpus(2, seed=5)
+    (doc,) = big_corpus(1, seed=5, min_len=610, max_len=611)  # 10 rows of A + B
+    other = big_corpus(1, seed=6)[0]
     for seed in range(20):
-        example = objective.preprocess(doc, np.random.default_rng(seed), other)
-        assert all(len(values) == 64 for name, values in example.items() if "encoder" in name)
+        examples = objective.preprocess(doc, np.random.default_rng(seed), other_document(other))
+        assert all(len(values) <= 64 for e in examples for values in e.values())
+        pairs = unpack_pairs(examples)
+        assert used_tokens(pairs) == doc.tolist()  # every token once: in an A or an IsNext B
+        # An IsNext pair uses a chunk of whole words filling the row but for less than a
+        # word; a NotNext pair uses its A only.
+        is_next = [len(a) + len(b) for a, b, label in pairs if label == 0]
+        assert len(pairs) >= 10 and min(is_next[:-1], default=61) > 50
 
 
 def test_contract_and_registry():
@@ -294,6 +363,7 @@ def test_contract_and_registry():
     assert (plain.pack_mode, nsp.pack_mode) == ("concat", "none")
     assert (plain.uses_other_document, nsp.uses_other_document) == (False, True)
     assert (plain.dynamic_randomness, nsp.dynamic_randomness) == (True, False)
+    assert (plain.chunk_length, nsp.chunk_length) == (14, None)  # [CLS] chunk [SEP]; pairs
     assert [t.name for t in plain.loss_terms] == ["mlm"]
     mlm, nsp_term = nsp.loss_terms
     assert (mlm.output, mlm.targets, mlm.weights) == (
@@ -414,7 +484,7 @@ def test_tokenizer_masks_and_build(tokenizer):
     tokens = tokenizer.encode(" ".join(words))  # unseen letters are spelled in bytes
     assert len(tokens) > 2 * len(words)
     for seed in range(20):
-        example = objective.preprocess(tokens, np.random.default_rng(seed))
+        (example,) = objective.preprocess(tokens, np.random.default_rng(seed))
         selected = example["encoder_loss_weights"][1:-1] == 1
         text = tokenizer.decode(np.where(selected, tokens, tokenizer.pad_id))
         assert text.split() and set(text.split()) <= set(words)  # whole words only

@@ -1,4 +1,5 @@
-"""prefix_lm: hand-worked random and fixed splits, chunk lengths, config errors."""
+"""prefix_lm: hand-worked random and fixed splits, chunk lengths, long documents cut into
+consecutive chunks, config errors."""
 
 import inspect
 import re
@@ -26,15 +27,19 @@ def as_lists(example):
 
 
 def test_random_split_hand_worked():
-    # Chunk of min(6, 6) = 6 tokens from start 3 ([23..28]), prefix of 3 of them.
-    assert as_lists(make().preprocess(DOC, np.random.default_rng(1))) == {
-        "encoder_input_tokens": [23, 24, 25, EOS],
-        "decoder_input_tokens": [BOS, 26, 27, 28],
-        "decoder_target_tokens": [26, 27, 28, EOS],
+    # Chunks of min(6, 6) = 6 tokens: [20..25] and [26..31], each split on its own (rng(1)
+    # draws a prefix of 3 for both).
+    first, second = make().preprocess(DOC, np.random.default_rng(1))
+    assert as_lists(first) == {
+        "encoder_input_tokens": [20, 21, 22, EOS],
+        "decoder_input_tokens": [BOS, 23, 24, 25],
+        "decoder_target_tokens": [23, 24, 25, EOS],
         "decoder_loss_weights": [1, 1, 1, 1],
     }
-    # A short document is used whole.
-    example = make().preprocess(np.array([40, 41, 42], np.int32), np.random.default_rng(0))
+    assert second["encoder_input_tokens"].tolist() == [26, 27, 28, EOS]
+    assert second["decoder_target_tokens"].tolist() == [29, 30, 31, EOS]
+    # A short document is one chunk, used whole.
+    (example,) = make().preprocess(np.array([40, 41, 42], np.int32), np.random.default_rng(0))
     assert example["encoder_input_tokens"].tolist() + example["decoder_target_tokens"].tolist() in (
         [40, EOS, 41, 42, EOS], [40, 41, EOS, 42, EOS])  # fmt: skip
 
@@ -42,44 +47,57 @@ def test_random_split_hand_worked():
 def test_fixed_split_hand_worked():
     # 8 + 4: the longest chunk is 9 (round(0.75 * 9) = 7 in, 2 out; 10 would give 8 in).
     objective = make(inputs_length=8, targets_length=4, split="fixed", prefix_fraction=0.75)
-    assert objective.raw_length == 9
-    assert as_lists(objective.preprocess(DOC, np.random.default_rng(1))) == {
-        "encoder_input_tokens": [21, 22, 23, 24, 25, 26, 27, EOS],
-        "decoder_input_tokens": [BOS, 28, 29],
-        "decoder_target_tokens": [28, 29, EOS],
+    assert objective.chunk_length == 9
+    # 12 tokens: [20..28] splits 7 + 2; the last 3 split round(2.25) = 2 + 1.
+    first, second = objective.preprocess(DOC, np.random.default_rng(1))
+    assert as_lists(first) == {
+        "encoder_input_tokens": [20, 21, 22, 23, 24, 25, 26, EOS],
+        "decoder_input_tokens": [BOS, 27, 28],
+        "decoder_target_tokens": [27, 28, EOS],
         "decoder_loss_weights": [1, 1, 1],
     }
+    assert as_lists(second) == {
+        "encoder_input_tokens": [29, 30, EOS],
+        "decoder_input_tokens": [BOS, 31],
+        "decoder_target_tokens": [31, EOS],
+        "decoder_loss_weights": [1, 1],
+    }
     # Halves round to even: 5 tokens at 0.5 -> round(2.5) = 2 in, 3 out.
-    example = make(split="fixed").preprocess(np.arange(40, 45, dtype=np.int32),
-                                             np.random.default_rng(0))  # fmt: skip
+    (example,) = make(split="fixed").preprocess(np.arange(40, 45, dtype=np.int32),
+                                                np.random.default_rng(0))  # fmt: skip
     assert example["encoder_input_tokens"].tolist() == [40, 41, EOS]
     assert example["decoder_target_tokens"].tolist() == [42, 43, 44, EOS]
 
 
 def test_one_token_document_is_all_target():
     for split in ("random", "fixed"):
-        example = make(split=split).preprocess(np.array([40], np.int32), np.random.default_rng(0))
+        (example,) = make(split=split).preprocess(np.array([40], np.int32),
+                                                  np.random.default_rng(0))  # fmt: skip
         assert example["encoder_input_tokens"].tolist() == [EOS]
         assert example["decoder_target_tokens"].tolist() == [40, EOS]
 
 
 @pytest.mark.parametrize(("split", "fraction"), [("random", 0.5), ("fixed", 0.1),
                                                  ("fixed", 0.5), ("fixed", 0.9)])  # fmt: skip
-def test_every_example_fits_and_is_a_contiguous_chunk(split, fraction):
+def test_every_example_fits_and_documents_are_used_whole(split, fraction):
     objective = make(inputs_length=20, targets_length=12, split=split, prefix_fraction=fraction)
     rng = np.random.default_rng(0)
     prefixes = set()
     for seed in range(300):
-        doc = np.arange(100, 100 + rng.integers(1, 60), dtype=np.int32)
-        example = objective.preprocess(doc, np.random.default_rng(seed))
-        inputs, targets = example["encoder_input_tokens"], example["decoder_target_tokens"]
-        assert len(inputs) <= 20 and len(targets) <= 12
-        assert len(targets) >= 2 and inputs[-1] == EOS and targets[-1] == EOS
-        chunk = np.concatenate([inputs[:-1], targets[:-1]])
-        assert np.array_equal(chunk, np.arange(chunk[0], chunk[0] + len(chunk)))
-        assert len(chunk) == min(len(doc), objective.raw_length)
-        assert example["decoder_input_tokens"].tolist() == [BOS, *targets[:-1].tolist()]
-        prefixes.add(len(inputs) - 1)
+        doc = np.arange(100, 100 + rng.integers(1, 200), dtype=np.int32)  # up to ~10 chunks
+        examples = objective.preprocess(doc, np.random.default_rng(seed))
+        assert len(examples) == -(-len(doc) // objective.chunk_length)
+        chunks = []
+        for example in examples:
+            inputs, targets = example["encoder_input_tokens"], example["decoder_target_tokens"]
+            assert len(inputs) <= 20 and len(targets) <= 12
+            assert len(targets) >= 2 and inputs[-1] == EOS and targets[-1] == EOS
+            assert example["decoder_input_tokens"].tolist() == [BOS, *targets[:-1].tolist()]
+            chunks.append(np.concatenate([inputs[:-1], targets[:-1]]))
+            prefixes.add(len(inputs) - 1)
+        # Consecutive chunks of chunk_length (the last shorter): every token once, in order.
+        assert [len(c) for c in chunks[:-1]] == [objective.chunk_length] * (len(chunks) - 1)
+        assert np.concatenate(chunks).tolist() == doc.tolist()
     assert len(prefixes) > (5 if split == "random" else 1)
 
 
@@ -92,9 +110,8 @@ def test_contract_and_registry():
     assert objective.feature_lengths() == {"encoder_input_tokens": 6, "decoder_input_tokens": 6,
                                            "decoder_target_tokens": 6,
                                            "decoder_loss_weights": 6}  # fmt: skip
-    assert all(
-        v.dtype == np.int32 for v in objective.preprocess(DOC, np.random.default_rng(0)).values()
-    )
+    examples = objective.preprocess(DOC, np.random.default_rng(0))
+    assert all(v.dtype == np.int32 for example in examples for v in example.values())
 
 
 @pytest.mark.parametrize(
@@ -121,21 +138,29 @@ def make_decoder(**overrides):
 
 
 def test_decoder_random_split_hand_worked():
-    # seq_len 8 -> a chunk of 7 tokens; rng(1) draws start 2 ([22..28]) and a prefix of 4.
-    assert as_lists(make_decoder().preprocess(DOC, np.random.default_rng(1))) == {
-        "decoder_input_tokens": [BOS, 22, 23, 24, 25, 26, 27, 28],
-        "decoder_target_tokens": [22, 23, 24, 25, 26, 27, 28, EOS],
-        # Positions 0..4 read BOS, 22..25: the prefix, seen bidirectionally.
-        "decoder_prefix_mask": [1, 1, 1, 1, 1, 0, 0, 0],
-        # Position 4 reads 25 and predicts 26, the first token after the prefix.
-        "decoder_loss_weights": [0, 0, 0, 0, 1, 1, 1, 1],
+    # seq_len 8 -> chunks of 7 tokens: [20..26] and [27..31]; rng(1) draws a prefix of 3
+    # for both.
+    first, second = make_decoder().preprocess(DOC, np.random.default_rng(1))
+    assert as_lists(first) == {
+        "decoder_input_tokens": [BOS, 20, 21, 22, 23, 24, 25, 26],
+        "decoder_target_tokens": [20, 21, 22, 23, 24, 25, 26, EOS],
+        # Positions 0..3 read BOS, 20..22: the prefix, seen bidirectionally.
+        "decoder_prefix_mask": [1, 1, 1, 1, 0, 0, 0, 0],
+        # Position 3 reads 22 and predicts 23, the first token after the prefix.
+        "decoder_loss_weights": [0, 0, 0, 1, 1, 1, 1, 1],
+    }
+    assert as_lists(second) == {
+        "decoder_input_tokens": [BOS, 27, 28, 29, 30, 31],
+        "decoder_target_tokens": [27, 28, 29, 30, 31, EOS],
+        "decoder_prefix_mask": [1, 1, 1, 1, 0, 0],
+        "decoder_loss_weights": [0, 0, 0, 1, 1, 1],
     }
 
 
 def test_decoder_fixed_split_and_short_documents():
     # 5 tokens at 0.5 -> round(2.5) = 2 prefix tokens.
-    example = make_decoder(split="fixed").preprocess(np.arange(40, 45, dtype=np.int32),
-                                                     np.random.default_rng(0))  # fmt: skip
+    (example,) = make_decoder(split="fixed").preprocess(np.arange(40, 45, dtype=np.int32),
+                                                        np.random.default_rng(0))  # fmt: skip
     assert as_lists(example) == {
         "decoder_input_tokens": [BOS, 40, 41, 42, 43, 44],
         "decoder_target_tokens": [40, 41, 42, 43, 44, EOS],
@@ -143,16 +168,25 @@ def test_decoder_fixed_split_and_short_documents():
         "decoder_loss_weights": [0, 0, 1, 1, 1, 1],
     }
     # One token: the prefix is BOS alone and everything is scored.
-    example = make_decoder().preprocess(np.array([40], np.int32), np.random.default_rng(0))
+    (example,) = make_decoder().preprocess(np.array([40], np.int32), np.random.default_rng(0))
     assert as_lists(example)["decoder_prefix_mask"] == [1, 0]
     assert as_lists(example)["decoder_loss_weights"] == [1, 1]
+
+
+def test_decoder_long_document_is_cut_into_row_sized_chunks():
+    objective = make_decoder()  # chunk_length 7
+    doc = np.arange(100, 173, dtype=np.int32)  # 10 chunks and 3 tokens
+    examples = objective.preprocess(doc, np.random.default_rng(0))
+    assert [len(e["decoder_target_tokens"]) for e in examples] == [8] * 10 + [4]
+    targets = np.concatenate([e["decoder_target_tokens"][:-1] for e in examples])
+    assert targets.tolist() == doc.tolist()  # every token once, in order
 
 
 def test_decoder_examples_fit_and_split_uniformly():
     objective = make_decoder(seq_len=16)
     counts = np.zeros(16, int)
     for seed in range(2000):
-        example = objective.preprocess(DOC, np.random.default_rng(seed))
+        (example,) = objective.preprocess(DOC, np.random.default_rng(seed))
         assert all(len(values) == 13 for values in example.values())  # whole 12-token doc
         prefix = example["decoder_prefix_mask"]
         weights = example["decoder_loss_weights"]

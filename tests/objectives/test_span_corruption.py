@@ -1,5 +1,6 @@
-"""span_corruption: hand-worked examples, T5's raw-length arithmetic, noise statistics over
-10k examples, the density / span-length variants T5 sweeps, config errors."""
+"""span_corruption: hand-worked examples, T5's chunk-length arithmetic, long documents cut
+into consecutive chunks, noise statistics over 10k examples, the density / span-length
+variants T5 sweeps, config errors."""
 
 import inspect
 import re
@@ -34,7 +35,7 @@ def as_lists(example):
 
 def test_sentinel_mode_hand_worked():
     # Seed 0 draws the noise mask 0 0 0 0 1 1 0 0 0 1: spans [24 25] and [29].
-    example = make().preprocess(DOC, np.random.default_rng(0))
+    (example,) = make().preprocess(DOC, np.random.default_rng(0))  # short: one chunk
     assert as_lists(example) == {
         "encoder_input_tokens": [20, 21, 22, 23, 7, 26, 27, 28, 8, EOS],
         "decoder_input_tokens": [BOS, 7, 24, 25, 8, 29],
@@ -42,14 +43,14 @@ def test_sentinel_mode_hand_worked():
         "decoder_loss_weights": [1, 1, 1, 1, 1, 1],
     }
     # Seed 2: spans [22 23] and [29]; sentinel 0 always goes to the first span.
-    example = make().preprocess(DOC, np.random.default_rng(2))
+    (example,) = make().preprocess(DOC, np.random.default_rng(2))
     assert example["encoder_input_tokens"].tolist() == [20, 21, 7, 24, 25, 26, 27, 28, 8, EOS]
     assert example["decoder_target_tokens"].tolist() == [7, 22, 23, 8, 29, EOS]
 
 
 def test_drop_mode_hand_worked():
     # Same draws as seed 0 above: the noise tokens leave the inputs, no sentinels.
-    example = make(corrupted_span="drop").preprocess(DOC, np.random.default_rng(0))
+    (example,) = make(corrupted_span="drop").preprocess(DOC, np.random.default_rng(0))
     assert as_lists(example) == {
         "encoder_input_tokens": [20, 21, 22, 23, 26, 27, 28, EOS],
         "decoder_input_tokens": [BOS, 24, 25, 29],
@@ -79,36 +80,22 @@ def test_random_segmentation_is_a_uniform_composition():
 
 
 @pytest.mark.parametrize(
-    ("inputs_length", "targets_length", "mode", "raw_length"),
+    ("inputs_length", "targets_length", "mode", "chunk_length"),
     # T5's 512 -> 568 raw / 114 targets. Targets bind at 60: 296 raw tokens give 44 noise
     # in 15 spans (44 + 15 + EOS = 60); 297 give 45 noise (61). Drop: 601 - 90 + EOS = 512.
     [(512, 114, "sentinel", 568), (512, 512, "sentinel", 568),
      (512, 60, "sentinel", 296), (512, 512, "drop", 601)],
 )  # fmt: skip
-def test_raw_length_is_the_largest_that_fits(inputs_length, targets_length, mode, raw_length):
+def test_chunk_length_is_the_largest_that_fits(inputs_length, targets_length, mode, chunk_length):
     knobs = dict(inputs_length=inputs_length, targets_length=targets_length, noise_density=0.15,
                  mean_noise_span_length=3.0, corrupted_span=mode)  # fmt: skip
-    assert make(**knobs).raw_length == raw_length
+    assert make(**knobs).chunk_length == chunk_length
     doc = np.arange(1000, 3000, dtype=np.int32)
     longer = make(**knobs)
-    longer.raw_length = raw_length + 1  # one more raw token overflows a row
-    overflow = [longer.preprocess(doc, np.random.default_rng(seed)) for seed in range(3)]
+    longer.chunk_length = chunk_length + 1  # one more raw token overflows a row
+    overflow = [e for seed in range(3) for e in longer.preprocess(doc, np.random.default_rng(seed))]
     assert any(len(e["encoder_input_tokens"]) > inputs_length
                or len(e["decoder_target_tokens"]) > targets_length for e in overflow)  # fmt: skip
-
-
-def test_long_document_gives_a_random_contiguous_chunk():
-    objective = make(corrupted_span="drop")  # raw_length 22
-    doc = np.arange(1000, 1100, dtype=np.int32)
-    starts = set()
-    for seed in range(20):
-        example = objective.preprocess(doc, np.random.default_rng(seed))
-        kept, noise = example["encoder_input_tokens"][:-1], example["decoder_target_tokens"][:-1]
-        chunk = np.sort(np.concatenate([kept, noise]))
-        assert len(chunk) == objective.raw_length
-        assert np.array_equal(chunk, np.arange(chunk[0], chunk[0] + len(chunk)))
-        starts.add(int(chunk[0]))
-    assert len(starts) > 10
 
 
 def reconstruct(example):
@@ -128,22 +115,40 @@ def corpus(num_docs, seed):
     return [rng.integers(200, 30000, n).astype(np.int32) for n in rng.integers(200, 900, num_docs)]
 
 
+def test_long_document_is_cut_into_consecutive_chunks():
+    objective = make()  # chunk_length 17
+    doc = np.arange(1000, 1173, dtype=np.int32)  # 10 chunks and 3 tokens
+    examples = objective.preprocess(doc, np.random.default_rng(0))
+    chunks = [reconstruct(example) for example in examples]
+    assert [len(chunk) for chunk in chunks] == [17] * 10 + [3]
+    assert sum(chunks, []) == doc.tolist()  # every token in exactly one example, in order
+    # Drop mode: the kept and the noise tokens of each example make up its chunk.
+    drop = make(corrupted_span="drop")  # chunk_length 22
+    examples = drop.preprocess(doc, np.random.default_rng(0))
+    kept_and_noise = [(e["encoder_input_tokens"][:-1], e["decoder_target_tokens"][:-1])
+                      for e in examples]  # fmt: skip
+    chunks = [np.sort(np.concatenate(pair)) for pair in kept_and_noise]
+    assert [len(chunk) for chunk in chunks] == [22] * 7 + [19]
+    assert np.concatenate(chunks).tolist() == doc.tolist()
+
+
 def test_noise_statistics_over_10k_examples():
     objective = make(inputs_length=512, targets_length=114, noise_density=0.15,
                      mean_noise_span_length=3.0)  # fmt: skip
-    num_noise = num_tokens = num_spans = 0
-    for seed, doc in enumerate(corpus(10_000, seed=0)):
-        example = objective.preprocess(doc, np.random.default_rng(seed))
-        inputs, targets = example["encoder_input_tokens"], example["decoder_target_tokens"]
-        assert len(inputs) <= 512 and len(targets) <= 114
-        spans = int(np.isin(targets, SENTINELS).sum())
-        num_spans += spans
-        num_noise += len(targets) - 1 - spans
-        num_tokens += len(inputs) - 1 - spans + len(targets) - 1 - spans
-        if seed < 200:  # the chunk comes back in order, from one place in the document
-            chunk = reconstruct(example)
-            start = int(np.flatnonzero(doc == chunk[0])[0])
-            assert chunk == doc[start : start + len(chunk)].tolist()
+    num_noise = num_tokens = num_spans = num_examples = 0
+    for seed, doc in enumerate(corpus(8_000, seed=0)):
+        examples = objective.preprocess(doc, np.random.default_rng(seed))
+        if seed < 200:  # the chunks come back in order and cover the document
+            assert sum((reconstruct(example) for example in examples), []) == doc.tolist()
+        for example in examples:
+            inputs, targets = example["encoder_input_tokens"], example["decoder_target_tokens"]
+            assert len(inputs) <= 512 and len(targets) <= 114
+            spans = int(np.isin(targets, SENTINELS).sum())
+            num_spans += spans
+            num_noise += len(targets) - 1 - spans
+            num_tokens += len(inputs) - 1 - spans + len(targets) - 1 - spans
+            num_examples += 1
+    assert num_examples > 10_000
     assert abs(num_noise / num_tokens - 0.15) < 0.05 * 0.15
     assert abs(num_noise / num_spans - 3.0) < 0.05 * 3.0
 
@@ -155,8 +160,9 @@ def test_noise_statistics_over_10k_examples():
 def test_t5_variants_are_valid(mode, density, mean_span):
     objective = make(inputs_length=128, targets_length=128, noise_density=density,
                      mean_noise_span_length=mean_span, corrupted_span=mode)  # fmt: skip
-    for seed, doc in enumerate(corpus(50, seed=1)):
-        example = objective.preprocess(doc, np.random.default_rng(seed))
+    examples = [example for seed, doc in enumerate(corpus(50, seed=1))
+                for example in objective.preprocess(doc, np.random.default_rng(seed))]  # fmt: skip
+    for example in examples:
         inputs, targets = example["encoder_input_tokens"], example["decoder_target_tokens"]
         assert len(inputs) <= 128 and len(targets) <= 128
         assert inputs[-1] == EOS and targets[-1] == EOS
@@ -183,7 +189,7 @@ def test_contract_and_registry():
     assert objective.feature_lengths() == {"encoder_input_tokens": 16, "decoder_input_tokens": 16,
                                            "decoder_target_tokens": 16,
                                            "decoder_loss_weights": 16}  # fmt: skip
-    example = objective.preprocess(DOC, np.random.default_rng(0))
+    (example,) = objective.preprocess(DOC, np.random.default_rng(0))
     assert all(values.dtype == np.int32 for values in example.values())
 
 
@@ -220,8 +226,8 @@ def test_bad_configs_are_one_line_user_errors(overrides, message):
 
 
 def test_shortest_lengths_are_accepted():
-    assert make(inputs_length=3, targets_length=3).raw_length == 2
-    assert make(inputs_length=2, targets_length=2, corrupted_span="drop").raw_length == 2
+    assert make(inputs_length=3, targets_length=3).chunk_length == 2
+    assert make(inputs_length=2, targets_length=2, corrupted_span="drop").chunk_length == 2
     # So many spans are fine when nothing needs a sentinel.
     make(inputs_length=2048, targets_length=2048, noise_density=0.5, corrupted_span="drop")
 

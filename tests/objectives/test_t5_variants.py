@@ -1,4 +1,5 @@
-"""bert_style and deshuffling for encoder-decoders: hand-worked examples, rates, errors."""
+"""bert_style and deshuffling for encoder-decoders: hand-worked examples, long documents
+cut into consecutive chunks, rates, errors."""
 
 import inspect
 import re
@@ -29,13 +30,14 @@ def as_lists(example):
 def test_bert_style_hand_worked():
     # k = round(0.3 * 10) = 3: 20 -> random 50, 21 -> [MASK], 26 -> [MASK]; the target is
     # the whole original chunk.
-    assert as_lists(bert().preprocess(DOC, np.random.default_rng(3))) == {
+    (example,) = bert().preprocess(DOC, np.random.default_rng(3))  # 11 tokens: one chunk
+    assert as_lists(example) == {
         "encoder_input_tokens": [50, MASK, 22, 7, 23, 24, 25, MASK, 27, 28, 29, EOS],
         "decoder_input_tokens": [BOS, *DOC.tolist()],
         "decoder_target_tokens": [*DOC.tolist(), EOS],
         "decoder_loss_weights": [1] * 12,
     }
-    example = bert().preprocess(DOC, np.random.default_rng(2))  # 21 [MASK], 22, 26 random
+    (example,) = bert().preprocess(DOC, np.random.default_rng(2))  # 21 [MASK], 22, 26 random
     assert example["encoder_input_tokens"].tolist() == [20, MASK, 59, 7, 23, 24, 25, 19, 27, 28,
                                                         29, EOS]  # fmt: skip
 
@@ -47,7 +49,7 @@ def test_bert_style_rates():
     inputs, targets = [], []
     for seed in range(200):
         doc = rng.integers(10, 60, 399).astype(np.int32)
-        example = objective.preprocess(doc, np.random.default_rng(seed))
+        (example,) = objective.preprocess(doc, np.random.default_rng(seed))
         inputs.append(example["encoder_input_tokens"][:-1])
         targets.append(example["decoder_target_tokens"][:-1])
     inputs, targets = np.concatenate(inputs), np.concatenate(targets)
@@ -60,23 +62,34 @@ def test_bert_style_rates():
 
 def test_deshuffling_hand_worked():
     objective = Deshuffling(inputs_length=8, targets_length=8, bos_id=BOS, eos_id=EOS)
-    # Chunk of 7 tokens from start 5: [25..31], shuffled.
-    assert as_lists(
-        objective.preprocess(np.arange(20, 32, dtype=np.int32), np.random.default_rng(0))
-    ) == {  # fmt: skip
-        "encoder_input_tokens": [27, 29, 28, 31, 30, 25, 26, EOS],
-        "decoder_input_tokens": [BOS, 25, 26, 27, 28, 29, 30, 31],
-        "decoder_target_tokens": [25, 26, 27, 28, 29, 30, 31, EOS],
+    # 12 tokens in chunks of 7: [20..26] and [27..31], each shuffled on its own.
+    first, second = objective.preprocess(np.arange(20, 32, dtype=np.int32),
+                                         np.random.default_rng(0))  # fmt: skip
+    assert as_lists(first) == {
+        "encoder_input_tokens": [22, 24, 23, 26, 25, 20, 21, EOS],
+        "decoder_input_tokens": [BOS, 20, 21, 22, 23, 24, 25, 26],
+        "decoder_target_tokens": [20, 21, 22, 23, 24, 25, 26, EOS],
         "decoder_loss_weights": [1] * 8,
     }
+    assert second["encoder_input_tokens"].tolist() == [31, 28, 29, 27, 30, EOS]
+    assert second["decoder_target_tokens"].tolist() == [27, 28, 29, 30, 31, EOS]
 
 
-def test_chunks_fit_the_shorter_row():
-    objective = Deshuffling(inputs_length=10, targets_length=6, bos_id=BOS, eos_id=EOS)
-    example = objective.preprocess(np.arange(20, 60, dtype=np.int32), np.random.default_rng(0))
-    assert [len(v) for v in example.values()] == [6, 6, 6, 6]
+@pytest.mark.parametrize("name", ["bert_style", "deshuffling"])
+def test_long_document_is_cut_into_chunks_of_the_shorter_row(name):
+    if name == "bert_style":
+        objective = bert(inputs_length=10, targets_length=6)
+    else:
+        objective = Deshuffling(inputs_length=10, targets_length=6, bos_id=BOS, eos_id=EOS)
+    assert objective.chunk_length == 5  # + EOS fills the 6 target positions
+    doc = np.random.default_rng(0).integers(10, 60, 52).astype(np.int32)  # 10 chunks and 2
+    examples = objective.preprocess(doc, np.random.default_rng(0))
+    assert [len(e["decoder_target_tokens"]) for e in examples] == [6] * 10 + [3]
+    assert all(len(values) <= 10 for e in examples for values in e.values())
+    targets = np.concatenate([e["decoder_target_tokens"][:-1] for e in examples])
+    assert targets.tolist() == doc.tolist()  # every token once, in order
     short = np.array([20, 21], np.int32)
-    example = bert(inputs_length=10, targets_length=6).preprocess(short, np.random.default_rng(0))
+    (example,) = objective.preprocess(short, np.random.default_rng(0))
     assert example["decoder_target_tokens"].tolist() == [20, 21, EOS]
 
 

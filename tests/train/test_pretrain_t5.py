@@ -34,9 +34,12 @@ def corrupted_heldout(config, run, seeds=3):
     """Every held-out document corrupted `seeds` times -> (examples, encoder batch)."""
     _, eval_docs = inputs.load_documents(config.data)
     examples = [
-        run.objective.preprocess(run.tokenizer.encode(doc), np.random.default_rng(1000 * s + i))
+        example
         for s in range(seeds)
         for i, doc in enumerate(eval_docs)
+        for example in run.objective.preprocess(
+            run.tokenizer.encode(doc), np.random.default_rng(1000 * s + i)
+        )
     ]
     tokens = np.zeros((len(examples), INPUTS_LENGTH), np.int32)
     for row, example in enumerate(examples):

@@ -108,6 +108,28 @@ def test_resume_is_exact(tmp_path, corpus):
     assert int(resumed.state.step) == 20
 
 
+def test_resume_between_two_examples_of_one_document_is_exact(tmp_path, corpus):
+    # Deshuffling with rows of 8 cuts each ~15-token line into chunks of 7, one row each:
+    # the step-5 checkpoint falls inside a document, which resuming must continue.
+    overrides = {
+        **T5_SMALL,
+        "objective.inputs_length": 8,
+        "objective.targets_length": 8,
+        "train.num_steps": 10,
+        "train.checkpoint_every": 5,
+        "train.keep_checkpoints": 5,
+    }
+    config = t5_config(corpus, "t5_tiny_deshuffling", **overrides)
+    straight = trainer.train(config, str(tmp_path / "a"))
+    workdir = tmp_path / "b"
+    trainer.train(config, str(workdir))
+    os.system(f"rm -rf {workdir}/checkpoints/10")
+    data_state = (workdir / "checkpoints" / "5" / "data" / "metadata").read_text()
+    assert '"next_index_in_buffer": 0' not in data_state  # grain's flat map: mid-document
+    resumed = trainer.train(config, str(workdir))
+    assert _losses(resumed.history) == [x for x in _losses(straight.history) if x[0] > 5]
+
+
 def test_partial_checkpoint_is_ignored_and_metrics_written(tmp_path, corpus):
     workdir = tmp_path / "run"
     config = tiny_config(corpus, **{"train.num_steps": 4, "train.checkpoint_every": 2})
