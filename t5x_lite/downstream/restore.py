@@ -115,6 +115,11 @@ def _run_tokenizer(config, workdir: str):
     its config names (a pretraining run given config.tokenizer.path)."""
     if pretrained.has_tokenizer(workdir):
         return pretrained.load_run_tokenizer(workdir)
+    if not config.tokenizer.path:
+        raise UserError(
+            f"{workdir} has no tokenizer.model (and its config.tokenizer.path is empty); "
+            "restore the file from the run, or pass --config.tokenizer.path=TOKENIZER.model"
+        )
     return inputs.load_or_train_tokenizer(config, workdir, None)
 
 
