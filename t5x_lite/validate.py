@@ -128,7 +128,8 @@ MIXES = (
 def check(config: ml_collections.ConfigDict) -> None:
     """A one-line UserError naming the first key whose value is out of its range."""
     values = _flatten(config)
-    for key, value in values.items():
+    followers = linked_keys(config)  # reported by their leader's name, not their own
+    for key, value in sorted(values.items(), key=lambda item: item[0] in followers):
         if key in RANGES and value is not None:
             _check_range(key, value, RANGES[key])
         if key in CHOICES and value not in CHOICES[key]:
