@@ -107,8 +107,8 @@ def cmd_generate(args, extra) -> None:
     print(printable(api.generate(restored, args.prompt, **options)))
 
 
-# Control characters but the newline, as the terminal would act on them (ESC, BEL, \r).
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# Control characters but newline and tab, as the terminal would act on them (ESC, BEL, \r).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def printable(text: str) -> str:

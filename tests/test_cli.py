@@ -299,3 +299,9 @@ def test_dry_run_rejects_heads_that_do_not_split(tmp_path, monkeypatch):
         "--config.model.num_heads=3",
     )
     _one_line_error(out, "'heads', size 3", "config.model.num_heads", "mesh.tensor=2")
+
+
+def test_generated_text_is_printed_with_control_characters_escaped():
+    from t5x_lite import main
+
+    assert main.printable("a\x1b[31mred\x07\r\nnext\tend") == "a\\x1b[31mred\\x07\\r\nnext\tend"
