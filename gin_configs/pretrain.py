@@ -144,7 +144,11 @@ def base_config() -> ml_collections.ConfigDict:
         # and sums the gradients; the update equals one step on the whole batch.
         microbatches=1,
         checkpoint_every=200,
-        keep_checkpoints=2,
+        keep_checkpoints=2,  # >= 1: the final step is always kept
+        # A step whose loss or gradient norm is NaN or inf: 'stop' ends the run with an
+        # error (its last checkpoint stays good); 'skip_step' drops that step's update
+        # and counts it in the metrics (train/skipped_steps).
+        nan_policy="stop",
         progress_bar=True,
     )
 

@@ -191,7 +191,11 @@ def in_context(config, output_dir: str = "") -> str:
     from t5x_lite.downstream import icl
 
     _check_icl_config(config)
-    restored = restore(config.icl.checkpoint)
+    try:
+        restored = restore(config.icl.checkpoint)
+    except UserError as error:  # restore speaks of --workdir; here the key is the icl's
+        message = str(error).replace(f"--workdir {config.icl.checkpoint}", "it")
+        raise UserError(f"config.icl.checkpoint={config.icl.checkpoint}: {message}") from None
     run = restored.run
     eval_examples = labelled.load_split(config.task, "eval")
     results = icl.evaluate_in_context(

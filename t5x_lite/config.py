@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import ml_collections
 
-from t5x_lite import fileio
+from t5x_lite import fileio, validate
 from t5x_lite.errors import UserError
 
 
@@ -52,6 +52,11 @@ def load(spec: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_collections
     except (KeyError, ValueError) as e:
         raise UserError(f"--config={spec}: {str(e).strip(chr(39))}") from None
     config.lock()
+    overrides = list(overrides)
+    keys = flatten(config)
+    validate.check_linked_overrides(
+        config, [(key, parse_value(key, raw, keys[key])) for key, raw in overrides if key in keys]
+    )
     for key, raw in overrides:
         set_value(config, key, raw)
     return config

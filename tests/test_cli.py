@@ -171,6 +171,39 @@ def test_mesh_that_does_not_divide_devices(tmp_path, corpus):
     _one_line_error(out, "config.partitioning.mesh")
 
 
+@pytest.mark.parametrize(
+    "overrides,needles",
+    [
+        (["train.log_every=0"], ["config.train.log_every=0 must be >= 1"]),
+        (["train.keep_checkpoints=0"], ["config.train.keep_checkpoints=0 must be >= 1"]),
+        (["optimizer.learning_rate=-0.1"], ["config.optimizer.learning_rate=-0.1 must be > 0"]),
+        (["model.max_len=64"], ["config.model.max_len=64 follows config.objective.seq_len"]),
+    ],
+)
+def test_bad_values_are_one_line_before_anything_runs(tmp_path, overrides, needles):
+    out = cli(
+        "train",
+        "--config=gin_configs/pretrain.py:gpt_tiny",
+        f"--workdir={tmp_path}/run",
+        *(f"--config.{override}" for override in overrides),
+    )
+    _one_line_error(out, *needles)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_workdir_that_is_a_file(tmp_path, corpus):
+    (tmp_path / "file").write_text("not a run")
+    out = cli(
+        "train",
+        "--config=gin_configs/pretrain.py:gpt_tiny",
+        f"--workdir={tmp_path}/file",
+        "--config.data.train.kind=text",
+        f"--config.data.train.path={corpus}",
+        *TINY,
+    )
+    _one_line_error(out, "is a file, not a directory")
+
+
 def test_tokenizer_command(tmp_path, corpus):
     out = cli(
         "tokenizer",
@@ -214,11 +247,12 @@ def test_interrupt_keeps_the_latest_checkpoint_and_resumes(tmp_path, corpus, sig
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
-    (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
-    assert "interrupted" in line and "rerun the same command" in line
+    assert not [x for x in stderr.splitlines() if x.startswith("error:")], stderr[-2000:]
+    (line,) = [x for x in stderr.splitlines() if x.startswith("stopped at step ")]
+    assert line.endswith("; checkpoint saved; rerun the same command to resume")
     assert "stopping after this step" in stderr
     latest = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
-    assert latest >= 6
+    assert latest >= 6 and line.startswith(f"stopped at step {latest};")
     # It stopped between steps and checkpointed the step it had finished, not only the
     # last multiple of checkpoint_every: the metrics end at the checkpointed step.
     logged = [json.loads(x)["step"] for x in open(workdir / "metrics.jsonl")]
@@ -226,6 +260,7 @@ def test_interrupt_keeps_the_latest_checkpoint_and_resumes(tmp_path, corpus, sig
     # The latest checkpoint restores: a rerun continues from it to a new end.
     out = cli(*args, f"--config.train.num_steps={latest + 2}")
     assert out.returncode == 0, out.stderr[-2000:]
+    assert f"resuming from step {latest} (" in out.stdout
     rows = [json.loads(x) for x in open(workdir / "metrics.jsonl")]
     steps = [r["step"] for r in rows if "train/lm/loss" in r]
     assert steps == list(range(1, latest + 3)), (steps, latest)  # each step once
@@ -264,3 +299,9 @@ def test_dry_run_rejects_heads_that_do_not_split(tmp_path, monkeypatch):
         "--config.model.num_heads=3",
     )
     _one_line_error(out, "'heads', size 3", "config.model.num_heads", "mesh.tensor=2")
+
+
+def test_generated_text_is_printed_with_control_characters_escaped():
+    from t5x_lite import main
+
+    assert main.printable("a\x1b[31mred\x07\r\nnext\tend") == "a\\x1b[31mred\\x07\\r\nnext\tend"

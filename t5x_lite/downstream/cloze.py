@@ -101,6 +101,12 @@ def read_probes(path: str) -> list[Probe]:
     return probes
 
 
+def shorten(text: str, limit: int = 60) -> str:
+    """`text` quoted for a one-line message: control characters escaped, long ones cut."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 5]}...' ({len(text)} chars)"
+
+
 def _cloze_ids(tokenizer, text: str, blank_id: int) -> np.ndarray:
     """encode(text) without the lone "▁" piece the tokenizer puts before `blank_id`."""
     ids = tokenizer.encode(text)
@@ -137,11 +143,12 @@ def fill_masks(model, params, tokenizer, text: str, *, top_n: int) -> list[list[
     mask_positions = np.flatnonzero(ids == tokenizer.mask_id)
     if not mask_positions.size:
         raise UserError(
-            f"no {MASK_PIECE} in {text!r}; write {MASK_PIECE} where BERT should fill in"
+            f"no {MASK_PIECE} in {shorten(text)}; write {MASK_PIECE} where BERT should fill in"
         )
     if len(ids) > model.max_len:
         raise UserError(
-            f"{text!r} is {len(ids)} tokens with [CLS] and [SEP] but the model's context is "
+            f"the prompt {shorten(text)} is {len(ids)} tokens with [CLS] and [SEP] but the "
+            "model's context is "
             f"{model.max_len}; shorten it"
         )
     length = scoring.bucket_length(len(ids), model.max_len)

@@ -29,13 +29,14 @@ import optax
 from flax import traverse_util
 
 from t5x_lite import config as config_lib
-from t5x_lite import fileio
+from t5x_lite import fileio, validate
 from t5x_lite.data import inputs, labelled
 from t5x_lite.downstream import pretrained
 from t5x_lite.errors import UserError
 from t5x_lite.models import heads
 from t5x_lite.objectives import finetune_formats
 from t5x_lite.train import distributed, trainer
+from t5x_lite.train import workdir as run_dir
 
 # Model keys a fine-tuning run may set differently from its checkpoint.
 FREE_MODEL_KEYS = ("num_classes", "dropout_rate", "dtype", "remat_policy", "attention_impl")
@@ -228,8 +229,11 @@ def start(config, workdir: str) -> trainer.Start:
 
 def train(config, workdir: str) -> trainer.TrainResult:
     """Fine-tune (or resume) the run of the resolved `config` in `workdir`."""
+    validate.check(config)
     distributed.initialize(config)  # before anything touches devices
-    return trainer.train(config, workdir, start(config, workdir))
+    # The lock before the tokenizer is copied in: one trainer per workdir.
+    with run_dir.hold(workdir, enabled=jax.process_index() == 0):
+        return trainer.train(config, workdir, start(config, workdir))
 
 
 def _has_classifier(config) -> bool:

@@ -67,13 +67,15 @@ def restore(
 def _restore_run(workdir: str, overrides) -> Restored:
     config = config_lib.load_saved(workdir, overrides)
     run = trainer.build_run(config, _run_tokenizer(config, workdir))
-    ckpt = checkpoints.Checkpointer(workdir, every=0, keep=1)
-    step = ckpt.latest_step()
-    if step is None:
+    # Reading only: a damaged step is passed over (with a warning), not moved.
+    ckpt = checkpoints.Checkpointer(workdir, every=0, keep=1, set_aside_damaged=False)
+    try:
+        restored = ckpt.restore(run.abstract_state, config)
+    finally:
         ckpt.close()
+    if restored is None:
         raise UserError(f"{workdir} has no checkpoint; train it first")
-    state, _ = ckpt.restore(step, run.abstract_state, config)
-    ckpt.close()
+    step, state, _ = restored
     untrained = checkpoints.read_untrained_heads(workdir)
     source = f"{workdir}, step {step}"
     return Restored(run, state.params, fileio.absolute(workdir), source, step, untrained)
@@ -113,6 +115,11 @@ def _run_tokenizer(config, workdir: str):
     its config names (a pretraining run given config.tokenizer.path)."""
     if pretrained.has_tokenizer(workdir):
         return pretrained.load_run_tokenizer(workdir)
+    if not config.tokenizer.path:
+        raise UserError(
+            f"{workdir} has no tokenizer.model (and its config.tokenizer.path is empty); "
+            "restore the file from the run, or pass --config.tokenizer.path=TOKENIZER.model"
+        )
     return inputs.load_or_train_tokenizer(config, workdir, None)
 
 

@@ -66,7 +66,14 @@ class DecoderOnly(base.Family):
             **options,
         )
         how = sampling.describe(**options)
-        header = f"--- {how}, up to {new_tokens} new tokens, seed {sample.seed} ---"
+        # generate_batch gives every row what the longest prompt (with BOS) leaves.
+        longest = 1 + max((len(run.tokenizer.encode(p)) for p in prompts), default=0)
+        budget = min(new_tokens, run.config.model.max_len - longest)
+        if budget < new_tokens:
+            budget = (
+                f"{budget} (of {new_tokens} asked: the context holds {run.config.model.max_len})"
+            )
+        header = f"--- {how}, up to {budget} new tokens, seed {sample.seed} ---"
         return header + "\n" + "\n\n".join(texts)
 
     def answer_cloze(self, model, params, tokenizer, probes, *, top_n):

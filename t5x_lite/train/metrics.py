@@ -52,7 +52,7 @@ class MetricWriter:
         path = fileio.join(workdir, "metrics.jsonl")
         kept = _truncate_after(path, start_step)
         remote = fileio.is_url(workdir)
-        self._jsonl = _RewrittenFile(path, kept) if remote else fileio.open_for_append(path)
+        self._jsonl = _RewrittenFile(path, kept) if remote else _AppendedLines(path)
         tensorboard_dir = fileio.join(workdir, "tensorboard")
         self._tb = _CopiedTensorBoard(tensorboard_dir) if remote else _tensorboard(tensorboard_dir)
 
@@ -60,7 +60,7 @@ class MetricWriter:
         if not self.enabled:
             return
         row = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
-        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.write(json.dumps(row) + "\n")  # one write per row: whole lines
         self._jsonl.flush()
         for name, value in metrics.items():
             self._tb.add_scalar(name, float(value), int(step))
@@ -72,15 +72,55 @@ class MetricWriter:
             self._tb.close()
 
 
-def _truncate_after(path: str, step: int) -> list[str]:
-    """Drops the rows logged after `step` from the file (rewritten whole); returns the
-    lines kept, each ending in a newline."""
+def read_rows(path: str) -> list[dict]:
+    """The rows of a metrics.jsonl file. A line cut short by a crash mid-write (only
+    the last can be) is skipped, as is any other line that is not a JSON row."""
     if not fileio.exists(path):
         return []
-    lines = fileio.read_text(path).split("\n")
-    kept = [line + "\n" for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    return [row for _, row in _parsed_lines(fileio.read_text(path))]
+
+
+def _parsed_lines(text: str) -> list[tuple[str, dict]]:
+    parsed = []
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            parsed.append((line, row))
+    return parsed
+
+
+def _truncate_after(path: str, step: int) -> list[str]:
+    """Drops the rows logged after `step`, and a torn last line, from the file
+    (rewritten whole); returns the lines kept, each ending in a newline."""
+    if not fileio.exists(path):
+        return []
+    lines = _parsed_lines(fileio.read_text(path))
+    kept = [line + "\n" for line, row in lines if row["step"] <= step]
     fileio.write_text(path, "".join(kept))
     return kept
+
+
+class _AppendedLines:
+    """A local file appended to with one unbuffered `write` per line, so a crash leaves
+    whole lines and at most a torn last one (which readers skip), never a line split
+    across buffer flushes."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "ab", buffering=0)
+
+    def write(self, text: str) -> None:
+        self._file.write(text.encode("utf-8"))
+
+    def flush(self) -> None:
+        pass  # nothing buffered
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class _RewrittenFile:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import signal
 import sys
 import threading
@@ -21,12 +22,13 @@ import numpy as np
 import optax
 
 from t5x_lite import config as config_lib
-from t5x_lite import models
+from t5x_lite import fileio, models, validate
 from t5x_lite.data import inputs, packing
 from t5x_lite.errors import Interrupted, UserError
 from t5x_lite.models import heads
 from t5x_lite.train import checkpoints, distributed, losses, optim, partitioning
 from t5x_lite.train import metrics as metrics_lib
+from t5x_lite.train import workdir as workdir_lib
 from t5x_lite.train.state import TrainState
 
 
@@ -54,6 +56,7 @@ def build_run(config, tokenizer, devices=None, wrap_optimizer=None) -> Run:
     state's shapes and shardings; settings that cannot shard fail here, before compiling.
     `wrap_optimizer(tx, params)` (params may be shapes) may change the optimizer, e.g.
     to freeze parameters."""
+    validate.check(config)
     mesh = partitioning.make_mesh(config.partitioning.mesh, devices)
     rules = partitioning.rules(config.partitioning)
     partitioning.check_batch_size(config.data.batch_size, mesh)
@@ -142,6 +145,7 @@ def make_train_step(run: Run):
     num_micro = run.config.train.microbatches
     check_microbatches(run.config.data.batch_size, num_micro, run.mesh)
     dropout_key = jax.random.key(run.config.seed + 1)
+    skip_nonfinite = run.config.train.nan_policy == "skip_step"
     schedule = optim.learning_rate_schedule(run.config.optimizer, run.config.train.num_steps)
 
     def train_step(state: TrainState, batch):
@@ -153,9 +157,24 @@ def make_train_step(run: Run):
         else:
             grads, sums = _accumulate(run, state.params, batch, weight_sums, rng, num_micro)
         new_state = state.apply_gradients(grads, run.tx)
+        grad_norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+        finite = jnp.isfinite(grad_norm)
+        for term_sums in sums.values():
+            finite &= jnp.isfinite(term_sums["loss_sum"])
+        if skip_nonfinite:  # drop the update (the step still counts) and its metrics
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            new_state = new_state.replace(
+                params=jax.tree.map(keep, new_state.params, state.params),
+                opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state),
+            )
+            sums = jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), sums)
+            grad_norm = jnp.where(finite, grad_norm, 0.0)
         extras = {
-            "grad_norm": jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))),
+            "grad_norm": grad_norm,
             "learning_rate": schedule(state.step),
+            "nonfinite_steps": 1 - finite.astype(jnp.int32),
+            # The first non-finite step of a logging interval (summed with a minimum).
+            FIRST_NONFINITE: jnp.where(finite, NO_STEP, state.step + 1).astype(jnp.int32),
         }
         return new_state, (sums, extras)
 
@@ -166,6 +185,23 @@ def make_train_step(run: Run):
         out_shardings=(run.state_shardings, replicated),
         donate_argnums=0,
     )
+
+
+# Step metrics that combine over a logging interval by minimum instead of sum.
+FIRST_NONFINITE = "first_nonfinite_step"
+NO_STEP = np.iinfo(np.int32).max
+
+
+def add_step_metrics(pending, step_metrics):
+    """Step metrics summed over a logging interval (on device: no host sync)."""
+    if pending is None:
+        return step_metrics
+    (sums, extras), (new_sums, new_extras) = pending, step_metrics
+    combined = {
+        key: (jnp.minimum if key == FIRST_NONFINITE else jnp.add)(extras[key], new_extras[key])
+        for key in extras
+    }
+    return jax.tree.map(jnp.add, sums, new_sums), combined
 
 
 def check_microbatches(batch_size: int, num_micro: int, mesh) -> None:
@@ -291,14 +327,32 @@ class Start:
 def train(config, workdir: str, start: Start | None = None) -> TrainResult:
     """Train (or resume) the run described by `config` in `workdir`."""
     start = start or Start()
+    # Settings that cannot work fail here, before anything is read, written or compiled.
+    validate.check(config)
     distributed.initialize(config)  # before anything touches devices
-    # Settings that cannot work fail here, before any data is read or anything compiled.
     partitioning.check_batch_size(
         config.data.batch_size, partitioning.make_mesh(config.partitioning.mesh)
     )
     inputs.owned_shards(config.data, jax.process_index(), jax.process_count())
     inputs.check_objective(config)
+    # One trainer per workdir (process 0 of a job holds the lock for all of them).
+    with workdir_lib.hold(workdir, enabled=jax.process_index() == 0):
+        try:
+            return _train(config, workdir, start)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            raise UserError(workdir_lib.describe_os_error(error, workdir)) from None
+
+
+def _train(config, workdir: str, start: Start) -> TrainResult:
     train_docs, eval_docs = start.documents or inputs.load_documents(config.data)
+    ckpt = checkpoints.Checkpointer(
+        workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
+    )
+    # A resume that the checkpoint refuses (another model) fails before config.json,
+    # the run's record of its config, is overwritten.
+    ckpt.newest_intact(config)
     if jax.process_index() == 0:  # one writer: processes may share the workdir
         config_lib.save(config, workdir)
     tokenizer = start.tokenizer or inputs.load_or_train_tokenizer(config, workdir, train_docs)
@@ -311,15 +365,13 @@ def train(config, workdir: str, start: Start | None = None) -> TrainResult:
         eval_ds.set_num_batches(distributed.max_over_processes(eval_ds.local_num_batches()))
     train_step, eval_step = make_train_step(run), make_eval_step(run)
 
-    # Restore, or initialize from the seed (and the start's initial params).
-    ckpt = checkpoints.Checkpointer(
-        workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
-    )
+    # Restore the newest intact step, or initialize from the seed (and the start's
+    # initial params).
     train_iter = iter(train_ds)
-    first = ckpt.latest_step()
-    if first is not None:
-        state, data_state = ckpt.restore(first, run.abstract_state, config)
-        train_iter.set_state(data_state)
+    restored = ckpt.restore(run.abstract_state, config, train_iter.set_state)
+    if restored is not None:
+        first, state, _ = restored
+        _say(f"resuming from step {first} ({fileio.join(ckpt.directory, str(first))})")
     else:
         first, state = 0, init_state(run, config.seed)
         if start.initial_params is not None:
@@ -336,10 +388,22 @@ def train(config, workdir: str, start: Start | None = None) -> TrainResult:
             f"interrupted; the latest checkpoint is step {ckpt.latest_step()} in "
             f"{ckpt.directory}: rerun the same command to resume"
         ) from None
+    except BaseException:
+        ckpt.close(quiet=True)
+        raise
     finally:
         writer.close()
     ckpt.close()
+    if loop.stopped_at is not None:
+        raise Interrupted(
+            f"stopped at step {loop.stopped_at}; checkpoint saved; rerun the same command to resume"
+        )
     return TrainResult(run, state, loop.history, workdir)
+
+
+def _say(line: str) -> None:
+    if jax.process_index() == 0:
+        print(line, flush=True)
 
 
 def _record_untrained_heads(run: Run, start: Start, workdir: str) -> None:
@@ -404,6 +468,7 @@ class _Loop:
         self.train_iter, self.train_step, self.eval_step = train_iter, train_step, eval_step
         self.eval_ds = eval_ds
         self.history: list[dict] = []
+        self.stopped_at: int | None = None  # the step a requested stop saved
 
     def execute(self, state, start: int, stop: threading.Event):
         cfg = self.run.config.train
@@ -415,14 +480,12 @@ class _Loop:
                 batch = partitioning.host_batch_to_global(host_batch, self.run.mesh)
                 state, step_metrics = self.train_step(state, batch)
                 # Sum metrics on device: no host sync until the next log line.
-                pending = (
-                    step_metrics
-                    if pending is None
-                    else jax.tree.map(lambda a, b: a + b, pending, step_metrics)
-                )
+                pending = add_step_metrics(pending, step_metrics)
                 tokens += host_batch[next(iter(host_batch))].size * jax.process_count()
                 stopping = _stop_agreed(stop, step, cfg.log_every)
-                if step % cfg.log_every == 0 or step == cfg.num_steps or stopping:
+                final = step == cfg.num_steps or stopping
+                saving = final or self.ckpt.due(step)
+                if step % cfg.log_every == 0 or final:
                     now = time.perf_counter()
                     row = self._log(step, pending, step - last_logged, tokens / (now - tick))
                     term = self.run.objective.loss_terms[0].name
@@ -430,7 +493,11 @@ class _Loop:
                         loss=f"{row[f'train/{term}/loss']:.3f}",
                         tok_s=f"{row['train/tokens_per_s']:.0f}",
                     )
+                    self._check_finite(pending)
+                    self.ckpt.check_for_errors()  # a background save that failed
                     pending, tokens, tick, last_logged = None, 0, now, step
+                elif saving:  # never checkpoint a state that went non-finite
+                    self._check_finite(pending)
                 progress.update(1)  # every step: a short run shows it moving
                 if self.eval_ds is not None and (
                     step % cfg.eval_every == 0 or step == cfg.num_steps
@@ -442,17 +509,29 @@ class _Loop:
                     self.history.append({"step": step, **row})
                     progress.write(_format(step, row))
                 self.ckpt.save(
-                    step,
-                    state,
-                    self.train_iter.get_state(),
-                    self.run.config,
-                    force=step == cfg.num_steps or stopping,
+                    step, state, self.train_iter.get_state(), self.run.config, force=final
                 )
                 if stopping:
-                    progress.close()
-                    raise KeyboardInterrupt
+                    self.stopped_at = step
+                    break
         progress.close()
         return state
+
+    def _check_finite(self, pending) -> None:
+        """Under nan_policy=stop, a one-line error naming the first non-finite step."""
+        if pending is None or self.run.config.train.nan_policy != "stop":
+            return
+        extras = jax.device_get(pending[1])
+        if not extras["nonfinite_steps"]:
+            return
+        self.ckpt.close(quiet=True)  # lets a save in flight finish
+        raise UserError(
+            f"the loss or gradient norm is not finite (NaN or inf) at step "
+            f"{int(extras[FIRST_NONFINITE])}; training stopped and the last good checkpoint, "
+            f"step {self.ckpt.latest_step()} in {self.ckpt.directory}, is intact. Lower "
+            "config.optimizer.learning_rate (or set config.train.nan_policy=skip_step) "
+            "and rerun to resume from it"
+        )
 
     def _log(self, step, pending, num_steps, tokens_per_s):
         sums, extras = jax.device_get(pending)
@@ -462,6 +541,8 @@ class _Loop:
         row["train/grad_norm"] = extras["grad_norm"] / num_steps
         row["train/learning_rate"] = extras["learning_rate"] / num_steps
         row["train/tokens_per_s"] = tokens_per_s
+        if self.run.config.train.nan_policy == "skip_step":
+            row["train/skipped_steps"] = extras["nonfinite_steps"]
         self.writer.write(step, row)
         self.history.append({"step": step, **row})
         return row

@@ -72,3 +72,20 @@ def test_a_fresh_run_starts_the_file(workdir):
     writer.write(1, {"train/loss": 2.0})
     writer.close()
     assert [(row["step"], row["train/loss"]) for row in _rows(workdir)] == [(1, 2.0)]
+
+
+def test_a_torn_last_line_is_skipped_and_dropped_on_resume(tmp_path):
+    workdir = str(tmp_path / "run")
+    fileio.makedirs(workdir)
+    path = fileio.join(workdir, "metrics.jsonl")
+    whole = "".join(json.dumps({"step": s, "train/loss": 1.0}) + "\n" for s in (1, 2))
+    fileio.write_text(path, whole + '{"step": 3, "train/lo')  # killed mid-write
+    assert [row["step"] for row in metrics.read_rows(path)] == [1, 2]
+    writer = metrics.MetricWriter(workdir, start_step=2)
+    writer.write(3, {"train/loss": 0.5})
+    writer.close()
+    assert [(row["step"], row["train/loss"]) for row in _rows(workdir)] == [
+        (1, 1.0),
+        (2, 1.0),
+        (3, 0.5),
+    ]
