@@ -25,7 +25,9 @@ Variants (`--config=gin_configs/pretrain.py:<variant>`):
                  Adafactor with the inverse-square-root schedule; 2 + 2 layers of 128.
   t5_small       T5 1.1 small (8 + 8 x 512); t5_base: T5 1.1 base (12 + 12 x 768).
   t5_tiny_prefix_lm, t5_tiny_bert_style, t5_tiny_deshuffling
-                 t5_tiny with the other objectives of the T5 paper's comparison.
+                 t5_tiny with the other objectives of the T5 paper's comparison;
+                 t5_base_prefix_lm, t5_base_bert_style, t5_base_deshuffling the same
+                 at T5-base.
 
 Any leaf can be overridden on the command line, e.g.
 `--config.data.train.kind=text --config.data.train.path=input.txt`; an unknown key or a
@@ -420,9 +422,11 @@ def t5_base(config):
     )
 
 
-def _t5_tiny_with(name):
+def _t5_with(size, name):
+    """A T5 size trained with another objective (the T5 paper's objective tables)."""
+
     def variant(config):
-        t5_tiny(config)
+        size(config)
         t5_objective(config, name)
 
     return variant
@@ -442,9 +446,12 @@ VARIANTS = {
     "t5_tiny": t5_tiny,
     "t5_small": t5_small,
     "t5_base": t5_base,
-    "t5_tiny_prefix_lm": _t5_tiny_with("prefix_lm"),
-    "t5_tiny_bert_style": _t5_tiny_with("bert_style"),
-    "t5_tiny_deshuffling": _t5_tiny_with("deshuffling"),
+    "t5_tiny_prefix_lm": _t5_with(t5_tiny, "prefix_lm"),
+    "t5_tiny_bert_style": _t5_with(t5_tiny, "bert_style"),
+    "t5_tiny_deshuffling": _t5_with(t5_tiny, "deshuffling"),
+    "t5_base_prefix_lm": _t5_with(t5_base, "prefix_lm"),
+    "t5_base_bert_style": _t5_with(t5_base, "bert_style"),
+    "t5_base_deshuffling": _t5_with(t5_base, "deshuffling"),
 }
 
 

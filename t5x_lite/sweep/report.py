@@ -255,7 +255,7 @@ def plots(table: Table, out_dir: str) -> list[str]:
                 continue
             points = [
                 (c.x, table.summaries[row.name, c.name])
-                for c in study.columns
+                for c in study.plot_columns(plot)
                 if table.summaries[row.name, c.name].n
             ]
             if not points:

@@ -67,6 +67,12 @@ class Row:
     label: str = ""
     # The result's metric for this row, when it is not the study's (e.g. T5's scorer).
     metric: str = ""
+    # {column: overrides} applied after that column's: what a column means for this
+    # row's config (e.g. a longer input is objective.seq_len for a classifier but
+    # objective.inputs_length for T5).
+    cell_overrides: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
+    # The columns this row runs ('' = every one); its other cells stay empty.
+    columns: Sequence[str] = ()
 
     @property
     def display(self) -> str:
@@ -96,6 +102,7 @@ class Plot:
     name: str  # the PNG's file name, without .png
     xlabel: str
     rows: Sequence[str] = ()  # '' = every row
+    columns: Sequence[str] = ()  # the x axis's columns; '' = every column
     log_x: bool = False
     title: str = ""
 
@@ -126,6 +133,9 @@ class Study:
             if row.name == name:
                 return row
         raise KeyError(name)
+
+    def plot_columns(self, plot: Plot) -> list[Column]:
+        return [c for c in self.columns if not plot.columns or c.name in plot.columns]
 
     def baseline_of(self, row: Row) -> str:
         """The row `row` is compared with, or '' for none."""
@@ -162,13 +172,20 @@ class Study:
                     f"{where}: row {row.name!r} names an unknown pretraining "
                     f"{row.pretraining!r}; known: {known}"
                 )
+            column_names = {c.name for c in self.columns}
+            unknown = sorted((set(row.cell_overrides) | set(row.columns)) - column_names)
+            if unknown:
+                raise UserError(f"{where}: row {row.name!r} names unknown columns {unknown}")
             baseline = self.baseline_of(row)
             if baseline and baseline not in row_names:
                 raise UserError(f"{where}: row {row.name!r} is compared with an unknown row "
                                 f"{baseline!r}")  # fmt: skip
         for plot in self.plots:
-            if any(c.x is None for c in self.columns):
-                raise UserError(f"{where}: plot {plot.name!r} needs an x on every column")
+            columns = self.plot_columns(plot)
+            if len(columns) != len(plot.columns or self.columns):
+                raise UserError(f"{where}: plot {plot.name!r} names unknown columns")
+            if any(c.x is None for c in columns):
+                raise UserError(f"{where}: plot {plot.name!r} needs an x on each of its columns")
             unknown = sorted(set(plot.rows) - row_names)
             if unknown:
                 raise UserError(f"{where}: plot {plot.name!r} names unknown rows {unknown}")
@@ -238,7 +255,14 @@ def expand(study: Study, runs_dir: str, root: str) -> list[Job]:
                         pretraining=row.pretraining,
                     )
             for column in study.columns:
-                overrides = {**row.overrides, **column.overrides, SEED_KEYS[row.kind]: seed}
+                if row.columns and column.name not in row.columns:
+                    continue
+                overrides = {
+                    **row.overrides,
+                    **column.overrides,
+                    **row.cell_overrides.get(column.name, {}),
+                    SEED_KEYS[row.kind]: seed,
+                }
                 if depends_on:
                     checkpoint = os.path.join(runs_dir, depends_on)
                     if column.checkpoint_step:

@@ -3,7 +3,7 @@
 import pytest
 
 from t5x_lite.errors import UserError
-from t5x_lite.sweep import Column, Pretraining, Row, Study
+from t5x_lite.sweep import Column, Plot, Pretraining, Row, Study
 from t5x_lite.sweep import study as study_lib
 
 
@@ -55,6 +55,19 @@ def test_expand_shares_pretrainings_and_pairs_seeds():
     assert hf.depends_on == "" and dict(hf.overrides)["finetune.checkpoint"] == "/m"
 
 
+def test_cell_overrides_follow_the_column():
+    t5 = Row("t5", "gin_configs/finetune.py:t5_tiny_sst2",
+             cell_overrides={"small": {"objective.inputs_length": 128}})  # fmt: skip
+    jobs = {j.name: j for j in study_lib.expand(make_study(rows=(t5,)), "/w/runs", "/repo")}
+    small, early = dict(jobs["t5--small--r0"].overrides), dict(jobs["t5--early--r0"].overrides)
+    assert small["objective.inputs_length"] == "128" and small["task.train.max_examples"] == "100"
+    assert "objective.inputs_length" not in early
+    # A row may run only some columns.
+    only = Row("only", "gin_configs/finetune.py:t5_tiny_sst2", columns=("early",))
+    names = [j.name for j in study_lib.expand(make_study(rows=(only,)), "/w/runs", "/repo")]
+    assert names == ["only--early--r0", "only--early--r1", "only--early--r2"]
+
+
 def test_baselines_and_values():
     study = make_study(baseline="random")
     assert study.baseline_of(study.row("ours")) == "random"
@@ -73,6 +86,10 @@ def test_baselines_and_values():
         (dict(rows=(Row("r", "x.py:v", pretraining="nope"),)), "unknown pretraining 'nope'"),
         (dict(rows=(Row("r", "x.py:v", baseline="nope"),)), "unknown row 'nope'"),
         (dict(rows=(Row("r", "x.py:v", kind="train"),)), "kind 'train'"),
+        (dict(rows=(Row("r", "x.py:v", cell_overrides={"nope": {}}),)), "unknown columns"),
+        (dict(rows=(Row("r", "x.py:v", columns=("nope",)),)), "unknown columns"),
+        (dict(plots=(Plot("p", "x", columns=("nope",)),)), "unknown columns"),
+        (dict(plots=(Plot("p", "x"),), columns=(Column("c"),)), "needs an x"),
     ],
 )
 def test_validation_names_the_mistake(changes, message):
