@@ -152,7 +152,10 @@ def test_tiny_t5_on_sst2_fills_sentinels_then_classifies_text_to_text(tmp_path, 
     beams = search.beam_search(run.model, params, subset, beam_size=4, length_penalty_alpha=0.6,
                                **ids)  # fmt: skip
     shares = well_formed_share(examples[:200], np.asarray(beams.tokens), sentinels, eos)
-    assert all(share >= 0.9 for share, _ in shares.values()), shares
+    # Pooled over span counts: the first 200 hold too few 3-span inputs (8 in one run)
+    # for a share per count to mean much.
+    well_formed = sum(share * total for share, total in shares.values())
+    assert well_formed / sum(total for _, total in shares.values()) >= 0.95, shares
     for example, output in list(zip(examples, outputs))[:5]:  # for `pytest -s`
         print(tokenizer.decode(example["encoder_input_tokens"]), "->", tokenizer.decode(output))
 
