@@ -24,6 +24,8 @@ import shlex
 import subprocess
 import sys
 
+from t5x_lite.train import metrics as metrics_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_EXAMPLES = 2000
 
@@ -166,7 +168,7 @@ def settings_of(family: str) -> list[str]:
 
 def pretraining_summary(family: str, metrics_jsonl: str) -> str:
     """The pretraining cell: steps, rows and the last held-out figure."""
-    rows = [json.loads(line) for line in open(metrics_jsonl)]
+    rows = metrics_lib.read_rows(metrics_jsonl)  # skips a torn last line
     evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
     last = evals[-1] if evals else {}
     variant, overrides = PRETRAIN[family]

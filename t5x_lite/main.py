@@ -76,11 +76,6 @@ def _print_sample(result) -> None:
 
 def cmd_finetune(args, extra) -> None:
     config, explicit_keys = _config(args, extra)
-    if "task" not in config:
-        raise UserError(
-            f"--config={args.config} has no task section; fine-tune with a config from "
-            "gin_configs/finetune.py (pretraining uses `t5x-lite train`)"
-        )
     _print_metrics(config, api.finetune(config, args.workdir, explicit_keys), args.workdir)
 
 
