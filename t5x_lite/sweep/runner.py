@@ -18,16 +18,18 @@ the same command again. A failed job is reported with its log and the rest go on
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
 import shlex
+import signal
 import sys
 import time
 import traceback
 
 from t5x_lite import fileio
-from t5x_lite.errors import UserError
+from t5x_lite.errors import Interrupted, UserError
 from t5x_lite.sweep import study as study_lib
 
 RESULT = "result.json"
@@ -149,12 +151,26 @@ def _child(job: study_lib.Job, job_dir: str, root: str) -> dict:
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
     print(f"$ {command_line(job, job_dir, root)}", flush=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a running job may be stopped
     try:
         return run_job(job, job_dir, root)
     except BaseException as e:  # noqa: BLE001  (reported to the parent as one line)
-        traceback.print_exc()
+        if isinstance(e, Interrupted | UserError):
+            print(e, flush=True)  # says what happened and what to do; no traceback
+        else:
+            traceback.print_exc()
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return {"error": f"{type(e).__name__}: {first}"}
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_init() -> None:
+    """A job process: its own process group (a terminal's Ctrl-C reaches only the
+    runner, which passes it on) and deaf to SIGINT until it runs a job (an idle worker
+    that died of one would break the pool, and with it the running jobs)."""
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def print_commands(study: study_lib.Study, workdir: str, root: str) -> str:
@@ -181,8 +197,10 @@ def run(study: study_lib.Study, workdir: str, root: str, *, jobs: int = 1, log=p
     failed: list[str] = []
     total, count = len(pending), 0
     context = multiprocessing.get_context("spawn")
+    # Each job runs in its own process group, so a Ctrl-C at the terminal reaches only
+    # this process, which passes it on once (see _stop_children).
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=jobs, mp_context=context, max_tasks_per_child=1
+        max_workers=jobs, mp_context=context, max_tasks_per_child=1, initializer=_worker_init
     ) as pool:
         running: dict[concurrent.futures.Future, tuple[study_lib.Job, float]] = {}
         try:
@@ -220,9 +238,24 @@ def run(study: study_lib.Study, workdir: str, root: str, *, jobs: int = 1, log=p
                         log(f"[{count}/{total}] done {job.name} in {seconds:.0f} s"
                             f"{_headline(result)}")  # fmt: skip
         except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
+            log("stopping: each running job checkpoints its current step (again to stop now)")
+            _stop_children()
+            while True:
+                try:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    break
+                except KeyboardInterrupt:  # a second request: the jobs stop at once
+                    _stop_children()
             raise
     return failed
+
+
+def _stop_children() -> None:
+    """SIGINT to every running job: the trainer checkpoints the current step and stops
+    (a second one stops it at once); the job then reports itself unfinished."""
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGINT)
 
 
 def _headline(result: dict) -> str:
