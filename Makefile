@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # the collection order, longest tests first (tests/conftest.py).
 PYTEST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
-.PHONY: install demo test test-e2e test-fast lint fmt bench clean
+.PHONY: install demo test test-e2e test-fast lint fmt bench ablation clean
 
 install: $(STAMP)
 
@@ -44,6 +44,16 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/t5x-lite bench --config=gin_configs/pretrain.py:gpt_small
+
+# Two of experiments/'s studies at CPU scale (experiments/README.md): does pretraining help
+# (each family and a real pretrained BERT), and T5's objectives. Rerun to resume; tables,
+# plots and provenance land in runs/sweeps/<study>/.
+T5X_LITE_DATA_DIR ?= ../shared/data
+ablation: $(STAMP)
+	T5X_LITE_DATA_DIR=$(T5X_LITE_DATA_DIR) $(VENV)/bin/t5x-lite sweep \
+		--sweep=experiments/pretraining_helps.py:cpu --workdir=runs/sweeps --jobs=2
+	T5X_LITE_DATA_DIR=$(T5X_LITE_DATA_DIR) $(VENV)/bin/t5x-lite sweep \
+		--sweep=experiments/t5_objectives.py:cpu --workdir=runs/sweeps --jobs=2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
