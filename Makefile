@@ -46,8 +46,8 @@ bench: $(STAMP)
 	$(VENV)/bin/t5x-lite bench --config=gin_configs/pretrain.py:gpt_small
 
 # Two of experiments/'s studies at CPU scale (experiments/README.md): does pretraining help
-# (each family and a real pretrained BERT), and T5's objectives. Rerun to resume; tables,
-# plots and provenance land in runs/sweeps/<study>/.
+# (each family and a real pretrained BERT), and T5's objectives: about 2 hours on 2 cores.
+# Rerun to resume; tables, plots and provenance land in runs/sweeps/<study>/.
 T5X_LITE_DATA_DIR ?= ../shared/data
 ablation: $(STAMP)
 	T5X_LITE_DATA_DIR=$(T5X_LITE_DATA_DIR) $(VENV)/bin/t5x-lite sweep \

@@ -269,6 +269,7 @@ def sweep(
 
     study = study_lib.load(spec)
     root = os.path.dirname(os.path.dirname(os.path.abspath(spec.partition(":")[0])))
+    runner.claim_workdir(study, workdir, write=not print_commands)
     if print_commands:
         return runner.print_commands(study, workdir, root), []
     started = time.time()

@@ -39,6 +39,22 @@ def runs_dir(workdir: str, study: study_lib.Study) -> str:
     return os.path.join(os.path.abspath(workdir), study.name, "runs")
 
 
+def claim_workdir(study: study_lib.Study, workdir: str, write: bool = True) -> None:
+    """One preset per study directory: job names do not say the preset, so a second
+    preset's jobs would find the first one's results and count them as theirs."""
+    path = os.path.join(os.path.abspath(workdir), study.name, "preset.txt")
+    if os.path.isfile(path):
+        held = fileio.read_text(path).strip()
+        if held != study.preset:
+            raise UserError(
+                f"--workdir={workdir} holds preset {held!r} of study {study.name!r}; give "
+                f"preset {study.preset!r} another --workdir"
+            )
+    elif write:
+        fileio.makedirs(os.path.dirname(path))
+        fileio.write_text(path, study.preset + "\n")
+
+
 def command_line(job: study_lib.Job, job_dir: str, root: str) -> str:
     """The `t5x-lite` command that runs `job` alone (from the repository root)."""
     path, colon, variant = job.config.partition(":")

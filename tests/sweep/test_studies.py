@@ -8,6 +8,7 @@ import os
 import pytest
 
 from t5x_lite import api
+from t5x_lite.config import import_file
 from t5x_lite.sweep import stats
 from t5x_lite.sweep import study as study_lib
 
@@ -18,6 +19,7 @@ STUDIES = sorted(
     if "def get_study" in open(path).read()
 )
 NAMES = [os.path.basename(path)[:-3] for path in STUDIES]
+PRESETS = [(path, preset) for path in STUDIES for preset in import_file(path).PRESETS]
 
 
 def test_the_issue_studies_exist():
@@ -32,8 +34,14 @@ def jobs_of(path, preset):
     return study, study_lib.expand(study, "/sweep/runs", ROOT)
 
 
-@pytest.mark.parametrize("path", STUDIES, ids=NAMES)
-@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_every_study_has_a_cpu_and_a_paper_preset():
+    for path in STUDIES:
+        assert {"cpu", "paper"} <= set(import_file(path).PRESETS), path
+
+
+@pytest.mark.parametrize(
+    "path, preset", PRESETS, ids=[f"{os.path.basename(p)[:-3]}-{s}" for p, s in PRESETS]
+)
 def test_every_job_is_a_config_that_loads(path, preset):
     study, jobs = jobs_of(path, preset)
     assert study.name == os.path.basename(path)[:-3] and study.preset == preset

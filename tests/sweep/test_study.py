@@ -111,3 +111,15 @@ def test_load_checks_the_file_and_preset(tmp_path):
         study_lib.load(f"{path}:gpu")
     with pytest.raises(UserError, match="give a study file"):
         study_lib.load("experiments/study:cpu")
+
+
+def test_a_workdir_holds_one_preset_of_a_study(tmp_path):
+    from t5x_lite.sweep import runner
+
+    study = make_study(preset="cpu")
+    runner.claim_workdir(study, str(tmp_path))
+    runner.claim_workdir(study, str(tmp_path))  # the same preset again: fine
+    assert (tmp_path / "s" / "preset.txt").read_text() == "cpu\n"
+    paper = make_study(preset="paper")
+    with pytest.raises(UserError, match="holds preset 'cpu' of study 's'; give preset 'paper'"):
+        runner.claim_workdir(paper, str(tmp_path), write=False)
