@@ -39,7 +39,7 @@ def collect(study: study_lib.Study, workdir: str, root: str) -> Table:
     jobs = study_lib.expand(study, runs, root)
     results = {}
     for job in jobs:
-        result = runner.read_result(job, os.path.join(runs, job.name))
+        result = runner.read_result(job, fileio.join(runs, job.name))
         if result is not None:
             results[job.name] = result
     replicates = len(study.finetune_seeds)
@@ -281,7 +281,7 @@ def plots(table: Table, out_dir: str) -> list[str]:
             ax.legend(fontsize=8)
         fig.text(0.01, 0.01, "mean ± std over seeds", fontsize=7, alpha=0.7)
         fig.tight_layout()
-        path = os.path.join(out_dir, f"{plot.name}.png")
+        path = fileio.join(out_dir, f"{plot.name}.png")
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
         plt.close(fig)
@@ -297,7 +297,7 @@ def provenance(table: Table, workdir: str, root: str, wall_s: float | None = Non
     configs = {}
     for job in table.jobs:
         result = table.results.get(job.name)
-        job_dir = os.path.join(runs, job.name)
+        job_dir = fileio.join(runs, job.name)
         jobs.append(
             dict(
                 name=job.name,
@@ -308,9 +308,9 @@ def provenance(table: Table, workdir: str, root: str, wall_s: float | None = Non
         )
         # One resolved config per pretraining and per cell (replicate 0); the others
         # differ from it in their seed and workdir only.
-        config_path = os.path.join(job_dir, "config.json")
+        config_path = fileio.join(job_dir, "config.json")
         first = job.replicate == 0 or (job.kind == "train" and job.seed == study.pretrain_seeds[0])
-        if first and os.path.isfile(config_path):
+        if first and fileio.isfile(config_path):
             configs[job.name] = json.loads(fileio.read_text(config_path))
     job_seconds = [j["wall_s"] for j in jobs if j["wall_s"] is not None]
     return dict(
@@ -378,15 +378,15 @@ def _versions() -> dict:
 def write(study: study_lib.Study, workdir: str, root: str, wall_s: float | None = None) -> str:
     """Every output of the study from its finished jobs -> the markdown table."""
     table = collect(study, workdir, root)
-    out_dir = os.path.join(os.path.abspath(workdir), study.name)
+    out_dir = fileio.join(fileio.absolute(workdir), study.name)
     fileio.makedirs(out_dir)
     text = markdown(table)
-    fileio.write_text(os.path.join(out_dir, "table.md"), text)
-    fileio.write_text(os.path.join(out_dir, "table.csv"), csv_text(table))
-    fileio.write_text(os.path.join(out_dir, "table.tex"), latex(table))
+    fileio.write_text(fileio.join(out_dir, "table.md"), text)
+    fileio.write_text(fileio.join(out_dir, "table.csv"), csv_text(table))
+    fileio.write_text(fileio.join(out_dir, "table.tex"), latex(table))
     plots(table, out_dir)
     fileio.write_text(
-        os.path.join(out_dir, "provenance.json"),
+        fileio.join(out_dir, "provenance.json"),
         json.dumps(provenance(table, workdir, root, wall_s), indent=2, sort_keys=True),
     )
     return text

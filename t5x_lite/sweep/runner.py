@@ -36,14 +36,14 @@ RESULT = "result.json"
 
 
 def runs_dir(workdir: str, study: study_lib.Study) -> str:
-    return os.path.join(os.path.abspath(workdir), study.name, "runs")
+    return fileio.join(fileio.absolute(workdir), study.name, "runs")
 
 
 def claim_workdir(study: study_lib.Study, workdir: str, write: bool = True) -> None:
     """One preset per study directory: job names do not say the preset, so a second
     preset's jobs would find the first one's results and count them as theirs."""
-    path = os.path.join(os.path.abspath(workdir), study.name, "preset.txt")
-    if os.path.isfile(path):
+    path = fileio.join(fileio.absolute(workdir), study.name, "preset.txt")
+    if fileio.isfile(path):
         held = fileio.read_text(path).strip()
         if held != study.preset:
             raise UserError(
@@ -51,7 +51,7 @@ def claim_workdir(study: study_lib.Study, workdir: str, write: bool = True) -> N
                 f"preset {study.preset!r} another --workdir"
             )
     elif write:
-        fileio.makedirs(os.path.dirname(path))
+        fileio.makedirs(fileio.join(fileio.absolute(workdir), study.name))
         fileio.write_text(path, study.preset + "\n")
 
 
@@ -68,7 +68,7 @@ def command_line(job: study_lib.Job, job_dir: str, root: str) -> str:
 def read_result(job: study_lib.Job, job_dir: str) -> dict | None:
     """A finished job's result: its result.json, or (for a job run by hand from
     --print_commands) what the command leaves; None if it has not finished."""
-    path = os.path.join(job_dir, RESULT)
+    path = fileio.join(job_dir, RESULT)
     if fileio.isfile(path):
         return json.loads(fileio.read_text(path))
     metrics = _outputs(job, job_dir)
@@ -79,16 +79,16 @@ def read_result(job: study_lib.Job, job_dir: str) -> dict | None:
 
 def _outputs(job: study_lib.Job, job_dir: str) -> dict | None:
     if job.kind == "finetune":
-        eval_dir = os.path.join(job_dir, "eval")
+        eval_dir = fileio.join(job_dir, "eval")
         found = sorted(
-            os.path.join(eval_dir, name, "metrics.json")
-            for name in (os.listdir(eval_dir) if os.path.isdir(eval_dir) else ())
-            if os.path.isfile(os.path.join(eval_dir, name, "metrics.json"))
+            fileio.join(eval_dir, name, "metrics.json")
+            for name in (fileio.listdir(eval_dir) if fileio.isdir(eval_dir) else ())
+            if fileio.isfile(fileio.join(eval_dir, name, "metrics.json"))
         )
         return json.loads(fileio.read_text(found[0])) if len(found) == 1 else None
     if job.kind == "icl":
-        path = os.path.join(job_dir, "icl_metrics.json")
-        return _icl_metrics(json.loads(fileio.read_text(path))) if os.path.isfile(path) else None
+        path = fileio.join(job_dir, "icl_metrics.json")
+        return _icl_metrics(json.loads(fileio.read_text(path))) if fileio.isfile(path) else None
     return None  # a pretraining is finished when its result.json says so
 
 
@@ -149,7 +149,7 @@ def run_job(job: study_lib.Job, job_dir: str, root: str) -> dict:
         command=command_line(job, job_dir, root),
     )
     text = json.dumps(result, indent=2, sort_keys=True, default=_plain)
-    fileio.write_text(os.path.join(job_dir, RESULT), text)
+    fileio.write_text(fileio.join(job_dir, RESULT), text)
     return result
 
 
@@ -161,11 +161,12 @@ def _plain(value):
 def _child(job: study_lib.Job, job_dir: str, root: str) -> dict:
     """run_job in a spawned process, its output into <job_dir>/log.txt -> the result, or
     {"error": one line}."""
-    os.makedirs(job_dir, exist_ok=True)
-    log = open(os.path.join(job_dir, "log.txt"), "a", buffering=1, encoding="utf-8")
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    sys.stdout = sys.stderr = log
+    fileio.makedirs(job_dir)
+    if not fileio.is_url(job_dir):  # a bucket's jobs print to the runner's output
+        log = open(os.path.join(job_dir, "log.txt"), "a", buffering=1, encoding="utf-8")
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        sys.stdout = sys.stderr = log
     print(f"$ {command_line(job, job_dir, root)}", flush=True)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a running job may be stopped
     try:
@@ -194,7 +195,7 @@ def print_commands(study: study_lib.Study, workdir: str, root: str) -> str:
     runs = runs_dir(workdir, study)
     lines = [f"# {study.name} ({study.preset}): run from {root}; pretrainings first"]
     for job in study_lib.expand(study, runs, root):
-        lines.append(command_line(job, os.path.join(runs, job.name), root))
+        lines.append(command_line(job, fileio.join(runs, job.name), root))
     return "\n".join(lines)
 
 
@@ -204,7 +205,7 @@ def run(study: study_lib.Study, workdir: str, root: str, *, jobs: int = 1, log=p
         raise UserError(f"--jobs={jobs}: give at least 1")
     runs = runs_dir(workdir, study)
     all_jobs = study_lib.expand(study, runs, root)
-    finished = {job.name for job in all_jobs if read_result(job, os.path.join(runs, job.name))}
+    finished = {job.name for job in all_jobs if read_result(job, fileio.join(runs, job.name))}
     pending = [job for job in all_jobs if job.name not in finished]
     log(
         f"{study.name} ({study.preset}): {len(all_jobs)} jobs, {len(finished)} finished, "
@@ -229,7 +230,7 @@ def run(study: study_lib.Study, workdir: str, root: str, *, jobs: int = 1, log=p
                         log(f"[{count}/{total}] blocked {job.name}: {job.depends_on} failed")
                     elif len(running) < jobs and (not job.depends_on or job.depends_on in finished):
                         pending.remove(job)
-                        future = pool.submit(_child, job, os.path.join(runs, job.name), root)
+                        future = pool.submit(_child, job, fileio.join(runs, job.name), root)
                         running[future] = (job, time.time())
                 if not running:
                     continue
@@ -246,7 +247,7 @@ def run(study: study_lib.Study, workdir: str, root: str, *, jobs: int = 1, log=p
                     seconds = time.time() - started
                     if "error" in result:
                         failed.append(job.name)
-                        log_path = os.path.join(runs, job.name, "log.txt")
+                        log_path = fileio.join(runs, job.name, "log.txt")
                         log(f"[{count}/{total}] FAILED {job.name} after {seconds:.0f} s: "
                             f"{result['error']} (see {log_path})")  # fmt: skip
                     else:

@@ -123,3 +123,28 @@ def test_metric_paths():
     assert runner.metric_value(metrics, "eval/lm/loss") == 2.0
     with pytest.raises(KeyError, match="no metric 'f1'"):
         runner.metric_value(metrics, "f1")
+
+
+def test_a_sweep_directory_may_be_a_bucket(memory_gcs):
+    """--print_commands and --aggregate_only with a gs:// --workdir: the jobs' workdirs
+    stay gs:// URLs, and the tables are read from and written to the bucket."""
+    from t5x_lite import fileio
+
+    study = Study(
+        name="cloud", title="T", rows=(Row("ft", "/x/finetune.py:v"),), columns=(Column("c"),),
+        finetune_seeds=(0, 1), preset="cpu",
+    )  # fmt: skip
+    workdir = f"{memory_gcs}/sweeps"
+    runner.claim_workdir(study, workdir)
+    assert fileio.read_text(f"{workdir}/cloud/preset.txt") == "cpu\n"
+    commands = runner.print_commands(study, workdir, "/repo").splitlines()[1:]
+    assert commands[0].split()[3] == f"--workdir={workdir}/cloud/runs/ft--c--r0"
+    for replicate, accuracy in enumerate((0.6, 0.7)):
+        fileio.write_text(
+            f"{workdir}/cloud/runs/ft--c--r{replicate}/eval/dev/metrics.json",
+            json.dumps({"classifier": {"accuracy": accuracy}}),
+        )
+    text = report.write(study, workdir, "/repo")
+    assert "65.0 ± 7.1 (n=2)" in text
+    assert fileio.read_text(f"{workdir}/cloud/table.md") == text
+    assert json.loads(fileio.read_text(f"{workdir}/cloud/provenance.json"))["study"] == "cloud"
