@@ -210,7 +210,8 @@ class Job:
     pretraining: str = ""
 
 
-def _value(value) -> str:
+def override_text(value) -> str:
+    """A study's override value as the command line writes it (--config.KEY=TEXT)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple | list):
@@ -248,7 +249,7 @@ def expand(study: Study, runs_dir: str, root: str) -> list[Job]:
                         kind="train",
                         config=_spec(pretraining.config, root),
                         overrides=tuple(
-                            (k, _value(v))
+                            (k, override_text(v))
                             for k, v in {**pretraining.overrides, "seed": pretrain_seed}.items()
                         ),
                         seed=pretrain_seed,
@@ -275,7 +276,7 @@ def expand(study: Study, runs_dir: str, root: str) -> list[Job]:
                     name=name,
                     kind=row.kind,
                     config=_spec(row.config, root),
-                    overrides=tuple((k, _value(v)) for k, v in overrides.items()),
+                    overrides=tuple((k, override_text(v)) for k, v in overrides.items()),
                     depends_on=depends_on,
                     row=row.name,
                     column=column.name,

@@ -52,7 +52,7 @@ class MetricWriter:
         path = fileio.join(workdir, "metrics.jsonl")
         kept = _truncate_after(path, start_step)
         remote = fileio.is_url(workdir)
-        self._jsonl = _RewrittenFile(path, kept) if remote else _AppendedLines(path)
+        self._jsonl = RewrittenFile(path, kept) if remote else AppendedLines(path)
         tensorboard_dir = fileio.join(workdir, "tensorboard")
         self._tb = _CopiedTensorBoard(tensorboard_dir) if remote else _tensorboard(tensorboard_dir)
 
@@ -105,7 +105,7 @@ def _truncate_after(path: str, step: int) -> list[str]:
     return kept
 
 
-class _AppendedLines:
+class AppendedLines:
     """A local file appended to with one unbuffered `write` per line, so a crash leaves
     whole lines and at most a torn last one (which readers skip), never a line split
     across buffer flushes."""
@@ -123,7 +123,7 @@ class _AppendedLines:
         self._file.close()
 
 
-class _RewrittenFile:
+class RewrittenFile:
     """A file that only grows, on a store that cannot append: every flush uploads the
     lines written so far, whole."""
 

@@ -79,7 +79,7 @@ def hold(workdir: str, *, enabled: bool = True) -> Iterator[None]:
 
 def _me() -> dict:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "started": _start_time(pid)}
+    return {"host": socket.gethostname(), "pid": pid, "started": process_start_time(pid)}
 
 
 def _acquire(path: str, workdir: str) -> None:
@@ -144,11 +144,11 @@ def _alive(owner: dict) -> bool:
         return False
     except PermissionError:
         pass  # it exists, run by another user
-    started = _start_time(pid)
+    started = process_start_time(pid)
     return owner.get("started") is None or started is None or started == owner["started"]
 
 
-def _start_time(pid: int) -> int | None:
+def process_start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (Linux), None elsewhere."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as f:

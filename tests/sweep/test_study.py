@@ -73,7 +73,7 @@ def test_baselines_and_values():
     assert study.baseline_of(study.row("ours")) == "random"
     assert study.baseline_of(study.row("random")) == ""  # itself: no comparison
     assert study.baseline_of(study.row("hf")) == ""  # baseline="hf": none
-    assert study_lib._value(True) == "true" and study_lib._value((0, 1)) == "(0, 1)"
+    assert study_lib.override_text(True) == "true" and study_lib.override_text((0, 1)) == "(0, 1)"
 
 
 @pytest.mark.parametrize(

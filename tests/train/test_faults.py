@@ -172,7 +172,7 @@ def test_a_second_trainer_is_refused_before_writing(tmp_path, corpus):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock = {"host": os.uname().nodename, "pid": other.pid,
-                "started": workdir_lib._start_time(other.pid)}  # fmt: skip
+                "started": workdir_lib.process_start_time(other.pid)}  # fmt: skip
         (workdir / workdir_lib.LOCK_FILE).write_text(json.dumps(lock))
         with pytest.raises(UserError, match=f"in use by another trainer \\(pid {other.pid}"):
             trainer.train(tiny_config(corpus, **RUN), str(workdir))
@@ -234,7 +234,7 @@ def test_full_disk_for_metrics_is_one_line(tmp_path, corpus, monkeypatch):
     def no_space(self, text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(metrics_lib._AppendedLines, "write", no_space)
+    monkeypatch.setattr(metrics_lib.AppendedLines, "write", no_space)
     with pytest.raises(UserError, match="no space left on the disk of --workdir"):
         trainer.train(tiny_config(corpus, **RUN), str(tmp_path / "run"))
 
