@@ -32,7 +32,7 @@ import re
 import signal
 import sys
 
-from t5x_lite import api
+from t5x_lite import api, compile_cache
 from t5x_lite.errors import Interrupted, UserError
 
 
@@ -302,6 +302,7 @@ def run() -> None:
     # A preempted or killed job (SIGTERM) stops the way Ctrl-C does (the training loop
     # turns both into a stop after the current step; see trainer.stop_requests).
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    compile_cache.enable()
     sys.exit(main())
 
 

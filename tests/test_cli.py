@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,8 +24,8 @@ TINY = [
 ]
 
 
-def cli(*args, timeout=300):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def cli(*args, timeout=300, env=None):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "t5x_lite.main", *args],
         cwd=ROOT,
@@ -62,9 +63,18 @@ def test_train_end_to_end(tmp_path, corpus):
         "--config.sample.max_new_tokens=5",
         *TINY,
     ]
-    out = cli(*args)
+    # The command's own compilation cache (the suite's JAX_* one set aside), keeping
+    # every compile, however short.
+    cache = tmp_path / "jax_cache"
+    env = {"T5X_LITE_COMPILATION_CACHE": str(cache), "JAX_COMPILATION_CACHE_DIR": "",
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # fmt: skip
+    out = cli(*args, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "--- sample" in out.stdout and str(workdir) in out.stdout
+    assert re.search(r"first step [\d.]+ s after start \(imports and config [\d.]+ s, "
+                     r"data and tokenizer [\d.]+ s, state [\d.]+ s, compile and first step "
+                     r"[\d.]+ s\)", out.stdout), out.stdout  # fmt: skip
+    assert any(name.startswith("jit_train_step") for name in os.listdir(cache))
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [r["step"] for r in rows if "train/lm/loss" in r] == [3, 6]
     assert any("eval/lm/perplexity" in r for r in rows)

@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 
-from t5x_lite import fileio
+from t5x_lite import compile_cache, fileio
 from t5x_lite.errors import Interrupted, UserError
 from t5x_lite.sweep import study as study_lib
 
@@ -168,6 +168,7 @@ def _child(job: study_lib.Job, job_dir: str, root: str) -> dict:
         os.dup2(log.fileno(), 2)
         sys.stdout = sys.stderr = log
     print(f"$ {command_line(job, job_dir, root)}", flush=True)
+    compile_cache.enable()  # what `t5x-lite` does: jobs after the first skip compiling
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a running job may be stopped
     try:
         return run_job(job, job_dir, root)

@@ -26,7 +26,7 @@ from t5x_lite import fileio, models, validate
 from t5x_lite.data import inputs, packing
 from t5x_lite.errors import Interrupted, UserError
 from t5x_lite.models import heads
-from t5x_lite.train import checkpoints, distributed, losses, optim, partitioning
+from t5x_lite.train import checkpoints, distributed, losses, optim, partitioning, startup
 from t5x_lite.train import metrics as metrics_lib
 from t5x_lite.train import workdir as workdir_lib
 from t5x_lite.train.state import TrainState
@@ -327,6 +327,8 @@ class Start:
 def train(config, workdir: str, start: Start | None = None) -> TrainResult:
     """Train (or resume) the run described by `config` in `workdir`."""
     start = start or Start()
+    clock = startup.Clock()
+    clock.mark("imports and config")
     # Settings that cannot work fail here, before anything is read, written or compiled.
     validate.check(config)
     distributed.initialize(config)  # before anything touches devices
@@ -338,14 +340,14 @@ def train(config, workdir: str, start: Start | None = None) -> TrainResult:
     # One trainer per workdir (process 0 of a job holds the lock for all of them).
     with workdir_lib.hold(workdir, enabled=jax.process_index() == 0):
         try:
-            return _train(config, workdir, start)
+            return _train(config, workdir, start, clock)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise
             raise UserError(workdir_lib.describe_os_error(error, workdir)) from None
 
 
-def _train(config, workdir: str, start: Start) -> TrainResult:
+def _train(config, workdir: str, start: Start, clock: startup.Clock) -> TrainResult:
     train_docs, eval_docs = start.documents or inputs.load_documents(config.data)
     ckpt = checkpoints.Checkpointer(
         workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
@@ -364,6 +366,7 @@ def _train(config, workdir: str, start: Start) -> TrainResult:
     if eval_ds:  # every process runs as many eval steps, or the collectives hang
         eval_ds.set_num_batches(distributed.max_over_processes(eval_ds.local_num_batches()))
     train_step, eval_step = make_train_step(run), make_eval_step(run)
+    clock.mark("data and tokenizer")
 
     # Restore the newest intact step, or initialize from the seed (and the start's
     # initial params).
@@ -377,8 +380,9 @@ def _train(config, workdir: str, start: Start) -> TrainResult:
         if start.initial_params is not None:
             state = state.replace(params=start.initial_params(run, state.params))
         _record_untrained_heads(run, start, workdir)
+    clock.mark("state")
     writer = metrics_lib.MetricWriter(workdir, first)
-    loop = _Loop(run, ckpt, writer, train_iter, train_step, eval_step, eval_ds)
+    loop = _Loop(run, ckpt, writer, train_iter, train_step, eval_step, eval_ds, clock)
     try:
         with stop_requests() as stop:
             state = loop.execute(state, first, stop)
@@ -463,8 +467,8 @@ def stop_requests():
 class _Loop:
     """The step loop: feed batches, log every `log_every`, evaluate, checkpoint."""
 
-    def __init__(self, run, ckpt, writer, train_iter, train_step, eval_step, eval_ds):
-        self.run, self.ckpt, self.writer = run, ckpt, writer
+    def __init__(self, run, ckpt, writer, train_iter, train_step, eval_step, eval_ds, clock):
+        self.run, self.ckpt, self.writer, self.clock = run, ckpt, writer, clock
         self.train_iter, self.train_step, self.eval_step = train_iter, train_step, eval_step
         self.eval_ds = eval_ds
         self.history: list[dict] = []
@@ -479,6 +483,10 @@ class _Loop:
                 host_batch = next(self.train_iter)
                 batch = partitioning.host_batch_to_global(host_batch, self.run.mesh)
                 state, step_metrics = self.train_step(state, batch)
+                if step == start + 1:  # one wait, to time the start-up
+                    jax.block_until_ready(step_metrics)
+                    self.clock.mark("compile and first step")
+                    progress.write(self.clock.report()[0])
                 # Sum metrics on device: no host sync until the next log line.
                 pending = add_step_metrics(pending, step_metrics)
                 tokens += host_batch[next(iter(host_batch))].size * jax.process_count()
