@@ -253,12 +253,15 @@ def sweep(
     jobs: int = 1,
     print_commands: bool = False,
     aggregate_only: bool = False,
+    rerun_changed: bool = False,
     log=print,
 ) -> tuple[str, list[str]]:
     """Run the study `experiments/<study>.py:<preset>` in `workdir` (finished jobs are
     kept, interrupted ones resume) and write its tables -> (table.md's text, the jobs
     that failed). `print_commands`: the `t5x-lite` commands instead, nothing run;
-    `aggregate_only`: the tables from the jobs already finished. Config paths in a study
+    `aggregate_only`: the tables from the jobs already finished. Jobs run with other
+    settings than the study now gives are refused (`rerun_changed`: set aside and run
+    again; aggregating, left out of the tables). Config paths in a study
     are relative to the directory above the study file (the repository root for
     experiments/)."""
     import os
@@ -272,6 +275,7 @@ def sweep(
     runner.claim_workdir(study, workdir, write=not print_commands)
     if print_commands:
         return runner.print_commands(study, workdir, root), []
+    runner.check_unchanged(study, workdir, root, rerun_changed=rerun_changed, log=log)
     started = time.time()
     failed = [] if aggregate_only else runner.run(study, workdir, root, jobs=jobs, log=log)
     wall_s = None if aggregate_only else time.time() - started

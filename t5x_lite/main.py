@@ -136,6 +136,7 @@ def cmd_sweep(args, extra) -> None:
             jobs=args.jobs,
             print_commands=args.print_commands,
             aggregate_only=args.aggregate_only,
+            rerun_changed=args.rerun_changed,
         )
     except KeyboardInterrupt:
         raise Interrupted(
@@ -240,6 +241,8 @@ COMMANDS = {
              action="store_true"),
         _arg("--aggregate_only", "the tables from the finished jobs; run nothing",
              action="store_true"),
+        _arg("--rerun_changed", "set aside and rerun jobs run with other settings than the "
+             "study now gives", action="store_true"),
     ]),
     "export": (cmd_export, "write a run as a Hugging Face directory (from_pretrained)", [
         _arg("--workdir", "a trained or fine-tuned run", required=True),

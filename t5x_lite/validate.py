@@ -107,6 +107,7 @@ RANGES: dict[str, Range] = {
     "sample.length_penalty_alpha": AT_LEAST_0,
     # Fine-tuning and in-context evaluation.
     "finetune.epochs": AT_LEAST_0,
+    "finetune.random_init_epochs": AT_LEAST_0,
     "finetune.warmup_fraction": UNIT,
     "finetune.random_init_optimizer.learning_rate": POSITIVE,
     "finetune.random_init_optimizer.end_lr_fraction": UNIT,

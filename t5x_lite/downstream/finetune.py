@@ -66,6 +66,8 @@ def resolve(config, explicit_keys=frozenset()) -> None:
         for key, value in ft.random_init_optimizer.items():
             if f"optimizer.{key}" not in explicit_keys:
                 config.optimizer[key] = value
+        if ft.get("random_init_epochs", 0) > 0 and "finetune.epochs" not in explicit_keys:
+            ft.epochs = ft.random_init_epochs
     if ft.warmup_fraction > 0 and "optimizer.warmup_steps" in explicit_keys:
         raise UserError(
             f"config.finetune.warmup_fraction={ft.warmup_fraction} sets "

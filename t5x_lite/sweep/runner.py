@@ -11,7 +11,9 @@ Each job runs in a fresh process (spawned: JAX state and memory go with it) thro
 t5x_lite.api, at most `jobs` at once, a pretraining before the cells that start from it.
 A rerun skips finished jobs, and an interrupted one resumes from its last checkpoint
 (the trainer's own resumption), so a sweep stopped at any point is finished by running
-the same command again. A failed job is reported with its log and the rest go on
+the same command again. A job that ran with other settings than the study now gives (an
+edited study) is refused, or set aside and rerun with --rerun_changed, with the cells
+started from it. A failed job is reported with its log and the rest go on
 (except the cells that needed it); the exit status is then 1.
 """
 
@@ -198,6 +200,90 @@ def print_commands(study: study_lib.Study, workdir: str, root: str) -> str:
     for job in study_lib.expand(study, runs, root):
         lines.append(command_line(job, fileio.join(runs, job.name), root))
     return "\n".join(lines)
+
+
+def recorded_command(job_dir: str) -> str | None:
+    """The command a job ran with: its result.json's, else its log's first line (a job
+    that started), None for a job never started here."""
+    result = fileio.join(job_dir, RESULT)
+    if fileio.isfile(result):
+        return json.loads(fileio.read_text(result)).get("command")
+    log = fileio.join(job_dir, "log.txt")
+    if fileio.isfile(log):
+        first = fileio.read_text(log).split("\n", 1)[0]
+        return first[2:] if first.startswith("$ ") else None
+    return None
+
+
+def _comparable(command: str, runs: str, root: str) -> list[str]:
+    """A command's arguments with the places that may move (the sweep's runs directory,
+    the repository, $T5X_LITE_DATA_DIR) as names, and without --workdir."""
+    places = [(runs, "<runs>"), (root, "<root>")]
+    data = os.environ.get("T5X_LITE_DATA_DIR")
+    if data:
+        places.append((os.path.abspath(data), "<data>"))
+    for path, name in places:
+        command = command.replace(path.rstrip("/") + "/", name + "/")
+    return [arg for arg in shlex.split(command) if not arg.startswith("--workdir=")]
+
+
+def changed_jobs(jobs: list[study_lib.Job], runs: str, root: str) -> dict[str, str]:
+    """Jobs that ran (or started) with other settings than the study now gives, and the
+    cells started from such a pretraining -> {job name: what differs}."""
+    changed = {}
+    for job in jobs:  # pretrainings come before the cells that need them
+        job_dir = fileio.join(runs, job.name)
+        recorded = recorded_command(job_dir)
+        if recorded is None:
+            continue
+        was = _comparable(recorded, runs, root)
+        now = _comparable(command_line(job, job_dir, root), runs, root)
+        if was != now:
+            gone = [arg for arg in was if arg not in now]
+            new = [arg for arg in now if arg not in was]
+            changed[job.name] = (
+                " ".join([f"now {arg}" for arg in new[:2]] + [f"was {arg}" for arg in gone[:2]])
+                or "the arguments' order"
+            )
+        elif job.depends_on in changed:
+            changed[job.name] = f"its pretraining {job.depends_on} changed"
+    return changed
+
+
+def set_aside(runs: str, names) -> list[str]:
+    """Move each job's directory to <job>.changed-<n> (kept, never read again) -> the
+    new paths."""
+    moved = []
+    for name in names:
+        source = fileio.join(runs, name)
+        n = 1
+        while fileio.exists(f"{source}.changed-{n}"):
+            n += 1
+        fileio.as_path(source).rename(f"{source}.changed-{n}")
+        moved.append(f"{source}.changed-{n}")
+    return moved
+
+
+def check_unchanged(
+    study: study_lib.Study, workdir: str, root: str, *, rerun_changed: bool = False, log=print
+) -> None:
+    """Refuse (or, with `rerun_changed`, set aside) the jobs whose recorded command is
+    not the one the study gives now: a finished job is never rerun, so a study edited
+    after a partial run would otherwise mix old and new settings in one table."""
+    runs = runs_dir(workdir, study)
+    changed = changed_jobs(study_lib.expand(study, runs, root), runs, root)
+    if not changed:
+        return
+    first, why = next(iter(changed.items()))
+    if not rerun_changed:
+        raise UserError(
+            f"{len(changed)} job(s) in {runs} ran with other settings than "
+            f"{study.name}:{study.preset} now gives (e.g. {first}: {why}); add "
+            "--rerun_changed to set them aside as <job>.changed-N and run them again, or "
+            "give another --workdir"
+        )
+    set_aside(runs, changed)
+    log(f"set aside {len(changed)} job(s) run with other settings (e.g. {first}: {why})")
 
 
 def run(study: study_lib.Study, workdir: str, root: str, *, jobs: int = 1, log=print) -> list[str]:

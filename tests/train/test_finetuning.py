@@ -271,19 +271,23 @@ def test_num_classes_follows_the_labels_unless_set(toy_task, pretrained):
 @pytest.mark.parametrize(
     "variant, pretrained_recipe, random_recipe",
     [
-        ("bert_tiny_sst2", ("adamw", "linear", 1e-4, 0.1), ("adamw", "cosine", 1e-3, 0.1)),
-        ("gpt_tiny_sst2", ("adamw", "linear", 6.25e-5, 0.002), ("adamw", "cosine", 1e-3, 0.002)),
+        ("bert_tiny_sst2", ("adamw", "linear", 1e-4, 0.1, 3), ("adamw", "cosine", 1e-3, 0.1, 3)),
         (
+            "gpt_tiny_sst2",
+            ("adamw", "linear", 6.25e-5, 0.002, 3),
+            ("adamw", "cosine", 1e-3, 0.002, 3),
+        ),
+        (  # T5 from random weights: 6 epochs (finetune.random_init_epochs)
             "t5_tiny_sst2",
-            ("adafactor", "constant", 1e-3, 0.0),
-            ("adafactor", "constant", 1e-2, 0.0),
+            ("adafactor", "constant", 1e-3, 0.0, 3),
+            ("adafactor", "constant", 1e-2, 0.0, 6),
         ),
     ],
 )
 def test_the_recipe_follows_the_initialization(toy_task, variant, pretrained_recipe, random_recipe):
     def recipe(config):
-        opt = config.optimizer
-        return (opt.name, opt.schedule, opt.learning_rate, config.finetune.warmup_fraction)
+        opt, ft = config.optimizer, config.finetune
+        return (opt.name, opt.schedule, opt.learning_rate, ft.warmup_fraction, ft.epochs)
 
     # No checkpoint is opened for these: init=random needs none; 'pretrained' is only
     # loaded to read its recipe.
@@ -297,6 +301,8 @@ def test_the_recipe_follows_the_initialization(toy_task, variant, pretrained_rec
     )
     assert config.optimizer.learning_rate == 5e-4
     assert config.optimizer.schedule == random_recipe[1]
+    config = _resolved(toy_task, "", {"finetune.init": "random", "finetune.epochs": 2}, variant)
+    assert config.finetune.epochs == 2
 
 
 def test_warmup_is_a_fraction_of_the_steps(toy_task):
