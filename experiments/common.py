@@ -65,9 +65,9 @@ TINY = {
 FINETUNE_VARIANT = {"gpt": "gpt_tiny_sst2", "bert": "roberta_tiny_sst2", "t5": "t5_tiny_sst2"}
 # The one recipe every compared row of a family uses, from the pretrained weights and from
 # random ones alike, so that rows differ only in the initial weights: the variants' recipe
-# for random weights (T5: 6 epochs, finetune.random_init_epochs). (The published rates, 6.25e-5 / 1e-4 / 1e-3, assume a model
-# pretrained at scale and leave these tiny ones near the majority class; see
-# experiments/README.md.)
+# for random weights (T5: 6 epochs, as finetune.random_init_epochs). The published rates,
+# 6.25e-5 / 1e-4 / 1e-3, assume a model pretrained at scale and leave these tiny ones
+# near the majority class; see experiments/README.md.
 SAME_RECIPE = {
     "gpt": {"optimizer.learning_rate": 1e-3, "optimizer.schedule": "cosine",
             "optimizer.end_lr_fraction": 0.0},

@@ -11,7 +11,7 @@ tokens).
 Presets:
   cpu       tiny models pretrained on the 1,800 training movie reviews (GPT and T5:
             800 steps of 16 x 128 tokens; BERT: 600 of 32 x 128), one pretraining
-            seed, six fine-tuning seeds per cell (MiniLM: one epoch, the others three),
+            seed, six fine-tuning seeds per cell (MiniLM: one epoch, T5 six, the others three),
             SST-2 only. The verdicts are about fine-tuning seeds given that one
             pretraining run per family. About 80 minutes on 2 CPU cores, --jobs=2.
   cpu_full  the same plus the movie-review column for our models (each of those

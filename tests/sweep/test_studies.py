@@ -35,8 +35,11 @@ def jobs_of(path, preset):
 
 
 def test_every_study_has_a_cpu_and_a_paper_preset():
+    """Unless it says why not (NO_PAPER_PRESET: a probe of the tiny models' own recipe)."""
     for path in STUDIES:
-        assert {"cpu", "paper"} <= set(import_file(path).PRESETS), path
+        module = import_file(path)
+        assert "cpu" in module.PRESETS, path
+        assert "paper" in module.PRESETS or getattr(module, "NO_PAPER_PRESET", ""), path
 
 
 @pytest.mark.parametrize(
@@ -98,6 +101,8 @@ def _paper_pretrainings():
     shaping = ("model.", "tokenizer.", "data.batch_size", "objective.seq_len")
     distinct = {}
     for path in STUDIES:
+        if "paper" not in import_file(path).PRESETS:
+            continue
         for job in jobs_of(path, "paper")[1]:
             if job.kind == "train":
                 variant = job.config.rsplit(":", 1)[1]
