@@ -306,7 +306,13 @@ def run() -> None:
     # turns both into a stop after the current step; see trainer.stop_requests).
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     compile_cache.enable()
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `t5x-lite sweep --print_commands | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
+    sys.exit(status)
 
 
 if __name__ == "__main__":
