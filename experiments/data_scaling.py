@@ -11,7 +11,8 @@ Curves: vs_tokens.png and vs_examples.png (mean ± std over seeds).
 Presets:
   cpu    2,400 pretraining steps of 16 x 128 tokens (~4.9M tokens, ~2.7 passes over the
          reviews) with checkpoints every 300 steps; one pretraining seed, six
-         fine-tuning seeds. About 40 minutes on 2 CPU cores with --jobs=2.
+         fine-tuning seeds. 100 minutes measured on 2 CPU cores with --jobs=2 and
+         other work beside it (2.8 h of job time; results/data_scaling/).
   paper  a GPT-1-sized decoder on C4, checkpoints every 10k of 100k steps, the same
          labelled-example sizes of GLUE's SST-2.
 
