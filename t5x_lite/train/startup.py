@@ -7,17 +7,18 @@ from __future__ import annotations
 import os
 import time
 
+from t5x_lite.train import workdir
+
 
 def process_start() -> float | None:
     """The wall-clock time this process started (Linux's /proc), None elsewhere."""
+    ticks = workdir.process_start_time(os.getpid())  # clock ticks since boot
     try:
-        with open("/proc/self/stat", encoding="utf-8") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # stat(5) field 22
         with open("/proc/stat", encoding="utf-8") as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError, StopIteration):
         return None
+    return None if ticks is None else boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Clock:
