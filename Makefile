@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # the collection order, longest tests first (tests/conftest.py).
 PYTEST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
-.PHONY: install demo test test-e2e test-fast lint fmt bench ablation clean
+.PHONY: install demo test test-e2e test-fast lint fmt bench bench-compare ablation clean
 
 install: $(STAMP)
 
@@ -44,6 +44,14 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/t5x-lite bench --config=gin_configs/pretrain.py:gpt_small
+
+# Our train step beside transformers' PyTorch models of the same shapes (gpt_small,
+# roberta_small, t5_small), fp32 and bf16: a markdown table for the README. Meant for a
+# quiet machine; on a CPU shrink them: make bench-compare BENCH_ARGS=--config.data.batch_size=2
+BENCH_ARGS ?=
+bench-compare: $(STAMP)
+	$(VENV)/bin/t5x-lite bench --compare=hf --precision=fp32,bf16 --steps=5 --reps=3 \
+		--output_json=runs/bench_compare.json $(BENCH_ARGS)
 
 # Two of experiments/'s studies at CPU scale (experiments/README.md): does pretraining help
 # (each family and a real pretrained BERT), and T5's objectives: about 2 hours on 2 cores.

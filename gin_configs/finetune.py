@@ -148,7 +148,19 @@ def finetune_sections(config, task: dict) -> None:
         random_init_epochs=0.0,
     )
     # Fine-tuning reads config.task, not text sources.
-    config.data = dict(batch_size=32, shuffle=True, num_shards=0)
+    config.data = dict(
+        batch_size=32,
+        shuffle=True,
+        num_shards=0,
+        # Length buckets (t5x_lite/data/buckets.py): rows hold one example padded to the
+        # row length, ~70% padding on SST-2. Each batch is cut to the multiple of
+        # `bucket_multiple` tokens its longest example needs (0 = full rows), and training
+        # sorts `bucket_window` batches' worth of examples by length (0 = no sorting) and
+        # shuffles the resulting batches, so a batch holds examples of similar length.
+        # Single-process runs only.
+        bucket_multiple=16,
+        bucket_window=16,
+    )
     config.tokenizer.path = ""  # '' = the checkpoint's tokenizer
     config.train.update(log_every=25, eval_every=100, eval_batches=0, checkpoint_every=100)
     config.sample.max_new_tokens = 0  # no sample at the end; see `t5x-lite generate`

@@ -15,6 +15,9 @@ Variants (`--config=gin_configs/pretrain.py:<variant>`):
                  gpt_tiny as a prefix LM: bidirectional over a random prefix, loss on
                  the rest.
   gpt_small      GPT, d_model 512, 8 layers, sequence 512: the benchmark size.
+  shakespeare_char
+                 nanoGPT's CPU recipe: a character-level GPT (4 x 4 x 128, block 64)
+                 on Tiny Shakespeare, 2,000 steps of batch 12.
   bert_tiny      BERT: masked LM (15%, 80/10/10), static masks, next-sentence prediction;
                  d_model 128, 2 layers.
   bert_small     the same at 4 layers x 512 (BERT-Small); bert_base: 12 x 768 (110M).
@@ -34,6 +37,8 @@ Any leaf can be overridden on the command line, e.g.
 value of the wrong type is an error. The resolved config is written to
 `<workdir>/config.json`.
 """
+
+import os
 
 import ml_collections
 
@@ -92,6 +97,10 @@ def base_config() -> ml_collections.ConfigDict:
         # independent of the process count, so a checkpoint resumes on any number of
         # processes that divides it; 0 = one shard per process.
         num_shards=0,
+        # Length buckets for one-example rows (see gin_configs/finetune.py); pretraining
+        # packs its rows full, so both stay 0.
+        bucket_multiple=0,
+        bucket_window=0,
     )
 
     # config.objective and config.model come from the family: gpt_sections / bert_sections.
@@ -270,6 +279,40 @@ def gpt_small(config):
     config.train.checkpoint_every = 1000
 
 
+def shakespeare_char(config):
+    """nanoGPT's CPU recipe (its README's "I only have a macbook" run of
+    config/train_shakespeare_char.py): Tiny Shakespeare, one token per character, 4
+    layers x 4 heads x 128, block 64, batch 12, 2,000 iterations, AdamW 1e-3 (betas 0.9,
+    0.99, weight decay 0.1) with 100 warmup steps and cosine decay to 1e-4, gradient
+    clipping at 1, no dropout, fp32. Its validation split, the last 10% of the text, is
+    here the last 955 of the 7,222 blank-line separated passages; the loss is scored on
+    20 batches, as nanoGPT's eval_iters=20. Differences that remain: documents are
+    packed with EOS between them and attend only within themselves, each begins with
+    sentencepiece's word-start piece, and newlines inside a passage are byte-fallback
+    tokens of the character vocabulary.
+
+        T5X_LITE_DATA_DIR=../shared/data t5x-lite train \
+            --config=gin_configs/pretrain.py:shakespeare_char --workdir=runs/shakespeare_char
+    """
+    gpt_sections(config)
+    data_dir = os.environ.get("T5X_LITE_DATA_DIR", "data")
+    config.data.train = source("text", os.path.join(data_dir, "tinyshakespeare", "input.txt"))
+    config.data.heldout_docs = 955  # 10.0% of the characters
+    config.data.batch_size = 12
+    # Every character of the text is a piece: 64 characters (newlines come from byte
+    # fallback), 256 bytes and the special tokens.
+    config.tokenizer.update(model_type="char", vocab_size=422)
+    config.objective.seq_len = 64
+    config.model.update(d_model=128, num_layers=4, num_heads=4, head_dim=32, d_ff=512)
+    config.optimizer.update(
+        learning_rate=1e-3, b2=0.99, warmup_steps=100, end_lr_fraction=0.1, weight_decay=0.1
+    )
+    config.loss.z_loss = 0.0
+    config.train.update(
+        num_steps=2000, eval_every=250, eval_batches=20, log_every=100, checkpoint_every=2000
+    )
+
+
 def _bert_small(config):
     """BERT-Small of Turc et al. (2019): 4 layers, 512 wide, 8 heads."""
     config.tokenizer.vocab_size = 8192
@@ -436,6 +479,7 @@ VARIANTS = {
     "gpt_tiny": gpt_tiny,
     "gpt_tiny_prefix_lm": gpt_tiny_prefix_lm,
     "gpt_small": gpt_small,
+    "shakespeare_char": shakespeare_char,
     "bert_tiny": bert_tiny,
     "bert_small": bert_small,
     "bert_base": bert_base,

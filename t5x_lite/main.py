@@ -15,6 +15,7 @@ export | tokenizer | bench | demo.
     t5x-lite sweep --sweep=experiments/pretraining_helps.py:cpu --workdir=sweeps --jobs=2
     t5x-lite tokenizer --input=corpus.txt --vocab_size=4000 --model_type=unigram --output=spm
     t5x-lite bench --config=gin_configs/pretrain.py:gpt_small
+    t5x-lite bench --compare=hf --precision=fp32,bf16 [--config.data.batch_size=2]
     t5x-lite export --workdir=runs/bert_sst2 --output=runs/bert_sst2_hf
     t5x-lite train --config=gin_configs/pretrain.py:t5_small --workdir=runs/x --dry_run
 
@@ -175,6 +176,21 @@ def cmd_tokenizer(args, extra) -> None:
 
 
 def cmd_bench(args, extra) -> None:
+    if args.compare:
+        from t5x_lite import bench_compare
+
+        bench_compare.run_and_report(
+            [spec for spec in args.config.split(",") if spec],
+            api.parse_overrides(extra),
+            precisions=args.precision.split(","),
+            steps=args.steps,
+            reps=args.reps,
+            torch_compile=args.torch_compile,
+            output_json=args.output_json,
+        )
+        return
+    if not args.config:
+        raise UserError("bench needs --config=FILE.py:VARIANT (or --compare=hf)")
     config, _ = _config(args, extra)
     api.bench(config, steps=args.steps, peak_tflops=args.peak_tflops)
 
@@ -257,10 +273,20 @@ COMMANDS = {
         _arg("--max_sentences", type=int, default=1_000_000),
     ]),
     "bench": (cmd_bench, "step time, tokens/s, TFLOP/s, MFU, memory", [
-        _arg("--config", required=True),
-        _arg("--steps", "timed steps after warmup", type=int, default=10),
+        _arg("--config", "FILE.py:VARIANT; with --compare, several comma-separated "
+             "(default: pretrain.py's gpt_small, roberta_small, t5_small)", default=""),
+        _arg("--steps", "timed steps after warmup (with --compare: per round)", type=int,
+             default=10),
         _arg("--peak_tflops", "device peak in TFLOP/s; 0 = a matmul probe measures it",
              type=float, default=0.0),
+        _arg("--compare", "hf: beside transformers' PyTorch model of the same shapes "
+             "(t5x_lite/bench_compare.py); prints a markdown table", choices=["hf"]),
+        _arg("--precision", "--compare: fp32, bf16 or fp32,bf16", default="fp32"),
+        _arg("--reps", "--compare: alternating rounds of --steps steps per side", type=int,
+             default=3),
+        _arg("--torch_compile", "--compare: torch.compile the PyTorch model",
+             action="store_true"),
+        _arg("--output_json", "--compare: also write the rows here", default=""),
     ]),
     "demo": (cmd_demo, "offline end-to-end demo (tokenizer + tiny GPT)", [
         _arg("--workdir", default="runs/demo"),

@@ -44,6 +44,8 @@ RANGES: dict[str, Range] = {
     "data.batch_size": AT_LEAST_1,
     "data.heldout_docs": AT_LEAST_0,
     "data.num_shards": AT_LEAST_0,
+    "data.bucket_multiple": AT_LEAST_0,
+    "data.bucket_window": AT_LEAST_0,
     "partitioning.mesh.data": MESH_AXIS,
     "partitioning.mesh.fsdp": MESH_AXIS,
     "partitioning.mesh.tensor": MESH_AXIS,
@@ -141,6 +143,12 @@ def check(config: ml_collections.ConfigDict) -> None:
             if not math.isclose(total, 1.0, abs_tol=1e-6):
                 shown = " + ".join(f"config.{key}={values[key]!r}" for key in keys)
                 raise UserError(f"{shown} = {total:g}; the shares must sum to 1")
+    if values.get("data.bucket_window") and not values.get("data.bucket_multiple"):
+        raise UserError(
+            f"config.data.bucket_window={values['data.bucket_window']} sorts rows by length "
+            "for config.data.bucket_multiple, which is 0: set bucket_multiple > 0, or "
+            "bucket_window=0"
+        )
     for i, shots in enumerate(values.get("icl.shots") or ()):
         if not isinstance(shots, int) or shots < 0:
             raise UserError(f"config.icl.shots[{i}]={shots!r} must be an int >= 0")

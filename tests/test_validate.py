@@ -61,6 +61,8 @@ BAD = [
     ("pretrain.py:t5_tiny", "model.num_encoder_layers", 0, ">= 1"),
     ("finetune.py:bert_tiny_sst2", "finetune.warmup_fraction", 2.0, "in [0, 1]"),
     ("finetune.py:bert_tiny_sst2", "finetune.epochs", -1.0, ">= 0"),
+    ("finetune.py:bert_tiny_sst2", "data.bucket_multiple", -8, ">= 0"),
+    ("finetune.py:bert_tiny_sst2", "data.bucket_window", -1, ">= 0"),
     ("icl.py:sst2", "icl.batch_size", 0, ">= 1"),
 ]
 
@@ -78,6 +80,12 @@ def test_out_of_range_is_one_line_naming_key_and_range(spec, key, value, allowed
 def test_mask_mix_must_sum_to_one():
     config = _load("pretrain.py:bert_tiny", **{"objective.replace_with_mask": 0.5})
     with pytest.raises(UserError, match="config.objective.replace_with_mask=0.5 .* sum to 1"):
+        validate.check(config)
+
+
+def test_sorting_by_length_needs_length_buckets():
+    config = _load("finetune.py:bert_tiny_sst2", **{"data.bucket_multiple": 0})
+    with pytest.raises(UserError, match="config.data.bucket_window=16 .* bucket_multiple > 0"):
         validate.check(config)
 
 

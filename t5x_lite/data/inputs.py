@@ -15,7 +15,7 @@ import numpy as np
 
 from t5x_lite import objectives
 from t5x_lite import tokenizer as tokenizer_lib
-from t5x_lite.data import labelled, packing, pipeline, sources
+from t5x_lite.data import buckets, labelled, packing, pipeline, sources
 from t5x_lite.errors import UserError
 
 
@@ -80,6 +80,13 @@ def owned_shards(data_config, process_index: int, process_count: int) -> tuple[i
             f"config.data.batch_size={data_config.batch_size} is not divisible by the "
             f"{num_shards} data shards (config.data.num_shards={data_config.num_shards})"
         )
+    multiple, _ = bucketing(data_config)
+    if multiple and process_count > 1:
+        raise UserError(
+            f"config.data.bucket_multiple={multiple} trims each process's "
+            "batches to their own length, but the processes of a job must feed equal shapes: "
+            "set --config.data.bucket_multiple=0 for multi-process runs"
+        )
     per_process = num_shards // process_count
     return num_shards, range(process_index * per_process, (process_index + 1) * per_process)
 
@@ -136,13 +143,22 @@ def _pipeline(config, docs, tokenizer, objective, shard, num_shards, *, training
         shard_index=shard,
         shard_count=num_shards,
         pad_final_batch=not training,
+        bucket_multiple=bucketing(config.data)[0],
+        bucket_window=bucketing(config.data)[1] if training else 0,
     )
+
+
+def bucketing(data_config) -> tuple[int, int]:
+    """(config.data.bucket_multiple, bucket_window); (0, 0) for a run saved before they
+    existed, which then keeps its full rows."""
+    return data_config.get("bucket_multiple", 0), data_config.get("bucket_window", 0)
 
 
 def _join(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per-shard batches, in shard order -> this process's rows of the global batch."""
     if len(batches) == 1:
         return batches[0]
+    batches = buckets.pad_to_common(batches)  # length buckets may differ between shards
     return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
 
 

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import grain
 import numpy as np
 
+from t5x_lite.data import buckets
 from t5x_lite.data.packing import pack
 from t5x_lite.errors import UserError
 from t5x_lite.objectives import Objective
@@ -161,10 +162,11 @@ class _ApplyObjective(grain.experimental.FlatMapTransform):
 
 
 class _PadBatch:
-    """Stacks rows into a batch [batch_size, length], adding all-zero rows if short."""
+    """Stacks rows into a batch [batch_size, length], adding all-zero rows if short, then
+    trims each feature group to its length bucket (`bucket_multiple` > 0; buckets.trim)."""
 
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+    def __init__(self, batch_size: int, bucket_multiple: int):
+        self.batch_size, self.bucket_multiple = batch_size, bucket_multiple
 
     def __call__(self, rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         batch = {}
@@ -172,7 +174,7 @@ class _PadBatch:
             stacked = np.zeros((self.batch_size, len(rows[0][feature])), np.int32)
             stacked[: len(rows)] = np.stack([row[feature] for row in rows])
             batch[feature] = stacked
-        return batch
+        return buckets.trim(batch, self.bucket_multiple)
 
 
 def _check_args(num_docs: int, batch_size: int, seed: int, shard_index: int, shard_count: int):
@@ -201,12 +203,17 @@ def make_dataset(
     shard_index: int,
     shard_count: int,
     pad_final_batch: bool,
+    bucket_multiple: int = 0,
+    bucket_window: int = 0,
 ) -> grain.IterDataset:
     """Batches of packed rows: dicts of int32 arrays [batch_size, row length].
 
     This process reads documents shard_index::shard_count. `num_epochs=None` repeats
     forever. With `pad_final_batch` (eval) a short last batch is filled with all-zero
-    rows, which carry zero loss weight; otherwise it is dropped.
+    rows, which carry zero loss weight; otherwise it is dropped. `bucket_multiple` > 0
+    cuts each batch's feature groups to the multiple of it their longest row needs, and
+    `bucket_window` > 0 first sorts that many batches' worth of rows by length and
+    emits those batches in a random order (see `buckets`).
     """
     _check_args(len(docs), batch_size, seed, shard_index, shard_count)
     source = grain.MapDataset.source(docs)
@@ -227,6 +234,10 @@ def make_dataset(
         pack_mode=objective.pack_mode,
         num_open_rows=FIRST_FIT_OPEN_ROWS,
     )
+    if bucket_window:
+        rows = buckets.SortedWindows(rows, batch_size=batch_size, window=bucket_window, seed=seed)
     return rows.batch(
-        batch_size, drop_remainder=not pad_final_batch, batch_fn=_PadBatch(batch_size)
+        batch_size,
+        drop_remainder=not pad_final_batch,
+        batch_fn=_PadBatch(batch_size, bucket_multiple),
     )

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from t5x_lite import fileio
-from t5x_lite.data import labelled, pipeline
+from t5x_lite.data import inputs, labelled, pipeline
 from t5x_lite.downstream import scoring, search, task_metrics
 from t5x_lite.objectives import finetune_formats
 
@@ -81,7 +81,7 @@ def evaluate_task(run, params, examples, out_dir: str, scored: dict) -> dict:
 
 def _batches(run, examples):
     """The examples in order, one per row, in batches of config.data.batch_size (the last
-    filled with empty rows)."""
+    filled with empty rows), each cut to its length bucket (config.data.bucket_multiple)."""
     return pipeline.make_dataset(
         examples,
         run.tokenizer,
@@ -93,6 +93,7 @@ def _batches(run, examples):
         shard_index=0,
         shard_count=1,
         pad_final_batch=True,
+        bucket_multiple=inputs.bucketing(run.config.data)[0],
     )
 
 

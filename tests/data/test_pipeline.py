@@ -278,7 +278,8 @@ def shard_config(num_shards: int, batch_size: int = 8):
     from ml_collections import ConfigDict
 
     return ConfigDict(dict(seed=3, data=dict(batch_size=batch_size, num_shards=num_shards,
-                                             shuffle=True)))  # fmt: skip
+                                             shuffle=True, bucket_multiple=0,
+                                             bucket_window=0)))  # fmt: skip
 
 
 def process_iterators(config, docs, process_count: int):

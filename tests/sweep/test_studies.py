@@ -48,7 +48,8 @@ def test_every_study_has_a_cpu_and_a_paper_preset():
 def test_every_job_is_a_config_that_loads(path, preset):
     study, jobs = jobs_of(path, preset)
     assert study.name == os.path.basename(path)[:-3] and study.preset == preset
-    assert any(job.kind == "train" for job in jobs), "every study pretrains something"
+    # A study without pretrainings fine-tunes random weights only (a recipe probe).
+    assert any(job.kind == "train" for job in jobs) == bool(study.pretrainings)
     for job in jobs:
         config = api.load_config(job.config, list(job.overrides))  # unknown keys raise
         if job.kind == "train":
@@ -56,6 +57,9 @@ def test_every_job_is_a_config_that_loads(path, preset):
             continue
         key = study_lib.CHECKPOINT_KEYS[job.kind]
         checkpoint = config.icl.checkpoint if job.kind == "icl" else config.finetune.checkpoint
+        if job.kind == "finetune" and config.finetune.init == "random" and not checkpoint:
+            assert not job.depends_on  # random weights, a tokenizer trained on the task
+            continue
         assert checkpoint, f"{job.name}: {key} is empty"
         if job.depends_on:
             assert checkpoint.startswith(f"/sweep/runs/{job.depends_on}")

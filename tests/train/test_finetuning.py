@@ -12,7 +12,7 @@ from flax import traverse_util
 
 from t5x_lite import api
 from t5x_lite import config as config_lib
-from t5x_lite.data import labelled
+from t5x_lite.data import inputs, labelled
 from t5x_lite.downstream import evaluate, finetune
 from t5x_lite.errors import UserError
 from t5x_lite.train import trainer
@@ -365,3 +365,44 @@ def test_the_run_keeps_its_own_tokenizer(toy_task, pretrained, tmp_path):
     assert (workdir / "tokenizer.model").read_bytes() == (
         Path(pretrained) / "tokenizer.model"
     ).read_bytes()
+
+
+BUCKET_SHAPES = {  # small models of each family, on the toy task's tokenizer
+    "gpt_tiny_sst2": {**SMALL_MODEL, "objective.seq_len": 32},
+    "bert_tiny_sst2": {**SMALL_MODEL, "objective.seq_len": 32},
+    "t5_tiny_sst2": {
+        **{k: v for k, v in SMALL_MODEL.items() if k != "model.num_layers"},
+        "model.num_encoder_layers": 1,
+        "model.num_decoder_layers": 1,
+        "objective.inputs_length": 32,
+    },
+}
+
+
+@pytest.mark.parametrize("variant", list(BUCKET_SHAPES))
+def test_length_buckets_change_no_loss_and_no_prediction(toy_task, tmp_path, variant):
+    """Batches cut to their length bucket (config.data.bucket_multiple) give the eval
+    losses and the per-example predictions of full rows."""
+    config = _resolved(toy_task, "", {"finetune.init": "random", **BUCKET_SHAPES[variant]}, variant)
+    config.data.batch_size = 16
+    begin = finetune.start(config, str(tmp_path / "run"))
+    run = trainer.build_run(config, begin.tokenizer)
+    params = trainer.init_state(run, config.seed).params
+    eval_step = trainer.make_eval_step(run)
+    examples = labelled.load_split(config.task, "eval")
+    losses, predictions, lengths = {}, {}, {}
+    for multiple in (0, 8):
+        config.data.bucket_multiple = multiple
+        dataset = inputs.eval_dataset(
+            config, examples, run.tokenizer, run.objective, process_index=0, process_count=1
+        )
+        lengths[multiple] = {b[next(iter(b))].shape[1] for b in dataset}
+        losses[multiple] = trainer.evaluate_loss(run, eval_step, params, dataset, 0)
+        out = tmp_path / f"eval_{multiple}"
+        evaluate.evaluate_task(run, params, examples, str(out), {})
+        predictions[multiple] = (out / "predictions.tsv").read_text()
+    assert lengths[0] == {32} and max(lengths[8]) < 32  # the toy sentences need <= 16
+    assert losses[8].keys() == losses[0].keys()
+    for key, value in losses[0].items():
+        assert losses[8][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert predictions[8] == predictions[0]

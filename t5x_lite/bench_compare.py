@@ -1,0 +1,391 @@
+"""`t5x-lite bench --compare=hf`: our train step beside Hugging Face transformers'
+PyTorch model of the same shapes, in one process, alternating between the two.
+
+    t5x-lite bench --compare=hf --precision=fp32,bf16 [--config=A.py:x,B.py:y] \
+        [--config.data.batch_size=2 ...] [--torch_compile] [--output_json=PATH]
+
+Both train the same step: the config's batch (the same random tokens), AdamW with its
+settings (torch's fused AdamW, as the transformers Trainer) and gradient clipping,
+dropout 0, no z-loss (`SAME_STEP`, set after the user's overrides; an override applies
+to each config that has its key). Their model is what `t5x-lite export` writes for
+ours, with our initial weights: the shapes match by construction (matmul parameters of
+both are counted). After two warm-up steps each, `reps` rounds of `steps` timed steps
+alternate (ours, theirs, ours, ...), so a busy stretch of a shared machine slows both.
+Both are credited with our family's FLOPs (bench.py). bf16 is bf16 compute with fp32
+params on both sides (model.dtype=bfloat16; torch.autocast). MFU is over each side's own
+framework's square-matmul peak at that precision, and over the better of the two.
+Memory: ours is the train state plus XLA's step temporaries; theirs the process's RSS
+growth from loading the model through its warm-up steps (Linux; the first row's includes
+torch's one-time allocations), or torch's CUDA peak. torch uses its default threads
+(OMP_NUM_THREADS sets them): on a CPU that other jobs keep busy its OpenMP threads stall
+each other (a tiny T5 step: 6 ms on 1 thread, 1.3 s on 2 of 2 busy cores), so compare
+there with OMP_NUM_THREADS=1, or on a quiet machine.
+
+Left unequal: our BERT also runs its pooler and NSP layer on [CLS] (d_model**2 +
+2 d_model matmul parameters, once per row), which BertForMaskedLM lacks; HF GPT-2
+shifts the labels, so its loss covers T - 1 of T positions; torch's AdamW decays every
+parameter, ours not biases and LayerNorm scales.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from t5x_lite import bench, families
+from t5x_lite import config as config_lib
+from t5x_lite import tokenizer as tokenizer_lib
+from t5x_lite.errors import UserError
+from t5x_lite.train import partitioning, trainer
+
+DEFAULT_VARIANTS = ("gpt_small", "roberta_small", "t5_small")  # of gin_configs/pretrain.py
+SAME_STEP = (
+    ("model.dropout_rate", "0.0"),
+    ("optimizer.name", "adamw"),  # T5's configs train with Adafactor, which torch lacks
+    ("loss.z_loss", "0.0"),  # transformers has none
+    ("loss.label_smoothing", "0.0"),
+)
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+# Square matmul probes, smallest first; a size whose one matmul takes longer than the
+# seconds each size gets ends the probe (torch's bf16 on a CPU without bf16 instructions
+# is ~20x slower than its fp32).
+PROBE_SIZES, PROBE_SECONDS = (512, 1024, 2048), 1.0
+
+
+def default_configs() -> list[str]:
+    path = config_lib.shipped_config("pretrain.py")
+    if path is None:
+        raise UserError("no gin_configs/pretrain.py next to the package; pass --config=...")
+    return [f"{path}:{variant}" for variant in DEFAULT_VARIANTS]
+
+
+def load_configs(specs: Sequence[str], overrides, precision: str) -> list:
+    """Each spec with the overrides whose key its config has (a key no config has is an
+    error), then `SAME_STEP` and the precision."""
+    if precision not in DTYPES:
+        raise UserError(f"--precision={precision!r}; use fp32, bf16 or fp32,bf16")
+    keys = {spec: config_lib.flatten(config_lib.load(spec)) for spec in specs}
+    unknown = [key for key, _ in overrides if not any(key in k for k in keys.values())]
+    if unknown:
+        raise UserError(f"no config of {', '.join(specs)} has the key {unknown[0]!r}")
+    fixed = [*SAME_STEP, ("model.dtype", DTYPES[precision])]
+    return [
+        config_lib.load(spec, [(k, v) for k, v in overrides if k in keys[spec]] + fixed)
+        for spec in specs
+    ]
+
+
+def import_torch():
+    """(torch, its device, '') or (None, '', a one-line note on why no HF columns)."""
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        return None, "", f"HF columns skipped: {e} (pip install torch transformers)"
+    transformers.logging.set_verbosity_error()  # load reports, tied-weights notes
+    transformers.utils.logging.disable_progress_bar()
+    return torch, "cuda" if torch.cuda.is_available() else "cpu", ""
+
+
+def _sync(torch, device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _best_tflops(matmul_of_size: Callable[[int], Callable[[], object]]) -> float:
+    best = 0.0
+    for size in PROBE_SIZES:
+        matmul, spent, runs = matmul_of_size(size), 0.0, 0
+        while runs < 2 or spent < PROBE_SECONDS:  # the first run compiles
+            start = time.perf_counter()
+            matmul()
+            elapsed = time.perf_counter() - start
+            spent, runs, best = spent + elapsed, runs + 1, max(best, 2 * size**3 / elapsed)
+        if elapsed > PROBE_SECONDS:
+            break
+    return best / 1e12
+
+
+def matmul_peaks(torch, device: str) -> dict[str, float]:
+    """Square-matmul TFLOP/s, the best over sizes and repeats, of each framework at each
+    precision (JAX's times its device count, as bench.py's)."""
+    jax_matmul, peaks = jax.jit(lambda a, b: a @ b), {}
+    for name, dtype in DTYPES.items():
+
+        def jax_of_size(size, dtype=dtype):
+            a = jnp.ones((size, size), dtype)
+            return lambda: jax_matmul(a, a).block_until_ready()
+
+        def torch_of_size(size, dtype=dtype):
+            a = torch.ones((size, size), dtype=getattr(torch, dtype), device=device)
+            return lambda: (a @ a, _sync(torch, device))
+
+        peaks[f"jax_{name}"] = _best_tflops(jax_of_size) * jax.device_count()
+        if torch is not None:
+            peaks[f"torch_{name}"] = _best_tflops(torch_of_size)
+    return peaks
+
+
+@contextlib.contextmanager
+def _rss_growth():
+    """Samples the process's resident memory every millisecond while the block runs;
+    yields a dict whose "mb" is then its growth to the peak (NaN where there is no /proc)."""
+    growth = {"mb": math.nan}
+    if not os.path.exists("/proc/self/statm"):
+        yield growth
+        return
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    start, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.001):
+            peak[0] = max(peak[0], rss())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield growth
+    finally:
+        done.set()
+        thread.join()
+    growth["mb"] = (max(peak[0], rss()) - start) / 2**20
+
+
+def our_matmul_params(params) -> int:
+    """Every kernel, and the token embedding where it is also the output layer."""
+    flat = traverse_util.flatten_dict(params)
+    kernels = sum(value.size for path, value in flat.items() if path[-1].endswith("kernel"))
+    tied = not any(path[-1] == "logits_kernel" for path in flat)
+    return kernels + (flat["token_embed", "embedding"].size if tied else 0)
+
+
+def hf_matmul_params(model) -> int:
+    """Every linear layer's weight (GPT-2's Conv1D too; a tied output layer counted)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    linear = (torch.nn.Linear, Conv1D)
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, linear))
+
+
+def hf_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our batch -> the input_ids and labels every transformers model here takes: the
+    encoder's inputs (decoder-only: the decoder's) and the decoder's targets
+    (encoder-only: the encoder's)."""
+
+    def first_of(*names: str) -> np.ndarray:
+        return next(batch[name] for name in names if name in batch)
+
+    return {
+        "input_ids": first_of("encoder_input_tokens", "decoder_input_tokens"),
+        "labels": first_of("decoder_target_tokens", "encoder_target_tokens"),
+    }
+
+
+class OurStep:
+    """Our jitted train step on random tokens, as bench.benchmark builds it; a call runs
+    one step and waits for it."""
+
+    def __init__(self, config):
+        self.vocab = tokenizer_lib.SpecialIdsOnly(config.model.vocab_size)
+        self.run = trainer.build_run(config, self.vocab)
+        self.state = trainer.init_state(self.run, config.seed)
+        self.host_batch = bench.random_batch(self.run, np.random.default_rng(0))
+        self.batch = partitioning.host_batch_to_global(self.host_batch, self.run.mesh)
+        step = trainer.make_train_step(self.run)
+        with jax.set_mesh(self.run.mesh):
+            start = time.perf_counter()
+            self.compiled = step.lower(self.state, self.batch).compile()
+            self.compile_s = time.perf_counter() - start
+        temp = self.compiled.memory_analysis()
+        state_bytes = sum(x.nbytes for x in jax.tree.leaves(self.state))
+        self.memory_mb = (state_bytes + (temp.temp_size_in_bytes if temp else 0)) / 2**20
+
+    def __call__(self) -> None:
+        with jax.set_mesh(self.run.mesh):
+            self.state, _ = self.compiled(self.state, self.batch)
+            jax.block_until_ready(self.state)
+
+
+class TheirStep:
+    """transformers' model of an exported directory trained with torch's AdamW; a call
+    runs one step and waits for it."""
+
+    def __init__(self, torch, device, hf_dir, config, batch, *, bf16: bool, torch_compile: bool):
+        import transformers
+
+        self.torch, self.device, self.bf16 = torch, device, bf16
+        self.hf_model = transformers.AutoConfig.from_pretrained(hf_dir).architectures[0]
+        model = getattr(transformers, self.hf_model).from_pretrained(hf_dir, dtype=torch.float32)
+        model = model.to(device).train()
+        self.matmul_params, self.params = hf_matmul_params(model), list(model.parameters())
+        opt = config.optimizer
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps,
+            weight_decay=opt.weight_decay, fused=True,
+        )  # fmt: skip
+        self.clip = opt.grad_clip_norm
+        self.model = torch.compile(model) if torch_compile else model
+        self.inputs = {
+            name: torch.as_tensor(value, dtype=torch.long, device=device)
+            for name, value in hf_inputs(batch).items()
+        }
+
+    def __call__(self) -> None:
+        with self.torch.autocast(self.device, dtype=self.torch.bfloat16, enabled=self.bf16):
+            loss = self.model(**self.inputs).loss
+        loss.backward()
+        if self.clip > 0:
+            self.torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        _sync(self.torch, self.device)
+
+
+def _timed(step: Callable[[], None], steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _their_step(torch, device, family, config, ours: OurStep, precision, torch_compile):
+    """-> (TheirStep warmed up by two steps, its first step's seconds, memory MB)."""
+    ids = {name: getattr(ours.vocab, name) for name in ("bos_id", "eos_id", "pad_id")}
+    with _rss_growth() as memory:
+        with tempfile.TemporaryDirectory() as hf_dir:  # before our first step donates them
+            family.export_hf(config.model, ours.state.params, hf_dir, labels=(), special_ids=ids)
+            theirs = TheirStep(
+                torch, device, hf_dir, config, ours.host_batch,
+                bf16=precision == "bf16", torch_compile=torch_compile,
+            )  # fmt: skip
+        first_s = _timed(theirs, 1)[0]  # torch.compile's compiling included
+        theirs()
+    cuda_mb = device == "cuda" and torch.cuda.max_memory_allocated() / 2**20
+    return theirs, first_s, cuda_mb or memory["mb"]
+
+
+def compare_one(spec, config, precision, torch, device, peaks, *, steps, reps, torch_compile):
+    """One config at one precision -> its row: both sides' figures ('theirs_*' NaN
+    without torch) and their ratio, theirs / ours step time (> 1: ours is faster)."""
+    family = families.get(config.model.arch)
+    ours = OurStep(config)
+    tokens, flops = family.row_tokens_and_flops(config.model, ours.run.objective.feature_lengths())
+    row = dict(
+        config=os.path.basename(spec), family=family.name, precision=precision,
+        batch_size=config.data.batch_size, row_tokens=tokens, hf_model="",
+        flops_per_step=config.data.batch_size * flops, ours_compile_s=ours.compile_s,
+        ours_memory_mb=ours.memory_mb, ours_matmul_params=our_matmul_params(ours.state.params),
+        theirs_first_step_s=math.nan, theirs_memory_mb=math.nan, theirs_matmul_params=0,
+    )  # fmt: skip
+    theirs = None
+    if torch is not None:
+        theirs, row["theirs_first_step_s"], row["theirs_memory_mb"] = _their_step(
+            torch, device, family, config, ours, precision, torch_compile
+        )
+        row["hf_model"] = theirs.hf_model + (" + torch.compile" if torch_compile else "")
+        row["theirs_matmul_params"] = theirs.matmul_params
+    ours()
+    ours()  # warm-up, as theirs had
+    times, row["rep_ratios"] = {"ours": [], "theirs": []}, []
+    for _ in range(reps):
+        times["ours"] += _timed(ours, steps)
+        if theirs is not None:
+            times["theirs"] += _timed(theirs, steps)
+            rep = np.median(times["theirs"][-steps:]) / np.median(times["ours"][-steps:])
+            row["rep_ratios"].append(float(rep))
+    best = max(peaks.get(f"{framework}_{precision}", 0.0) for framework in ("jax", "torch"))
+    for side, framework in (("ours", "jax"), ("theirs", "torch")):
+        step_s = float(np.median(times[side])) if times[side] else math.nan
+        own = peaks.get(f"{framework}_{precision}")
+        tflops = row["flops_per_step"] / step_s / 1e12
+        row[f"{side}_step_s"], row[f"{side}_tflops"] = step_s, tflops
+        row[f"{side}_tokens_per_s"] = config.data.batch_size * tokens / step_s
+        row[f"{side}_mfu_own"] = tflops / own if own else math.nan
+        row[f"{side}_mfu_best"] = tflops / best
+    row["ratio"] = row["theirs_step_s"] / row["ours_step_s"]
+    return row
+
+
+def compare(specs, overrides=(), *, precisions=("fp32",), steps=5, reps=3, torch_compile=False):
+    """-> (rows, matmul peaks, a line on the frameworks): every spec at every precision."""
+    configs = {
+        precision: load_configs(specs, list(overrides), precision) for precision in precisions
+    }
+    torch, device, note = import_torch()
+    peaks = matmul_peaks(torch, device)
+    jax_line = f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}"
+    torch_line = (
+        note or f"PyTorch {torch.__version__} on {device} ({torch.get_num_threads()} threads)"
+    )
+    options = dict(steps=steps, reps=reps, torch_compile=torch_compile)
+    rows = []
+    for precision in precisions:
+        for spec, config in zip(specs, configs[precision]):
+            rows.append(compare_one(spec, config, precision, torch, device, peaks, **options))
+    return rows, peaks, f"{jax_line}; {torch_line}"
+
+
+COLUMNS = (  # header, row key, format
+    ("config", "config", ""), ("HF model", "hf_model", ""), ("precision", "precision", ""),
+    ("batch", "batch_size", "d"), ("tokens/row", "row_tokens", "d"),
+    ("ours ms", "ours_step_s", ".1f"), ("HF ms", "theirs_step_s", ".1f"),
+    ("ours vs HF", "ratio", ".2f"), ("ours tok/s", "ours_tokens_per_s", ".0f"),
+    ("HF tok/s", "theirs_tokens_per_s", ".0f"), ("ours TFLOP/s", "ours_tflops", ".3f"),
+    ("HF TFLOP/s", "theirs_tflops", ".3f"), ("ours MFU own", "ours_mfu_own", ".1%"),
+    ("ours MFU best", "ours_mfu_best", ".1%"), ("HF MFU own", "theirs_mfu_own", ".1%"),
+    ("HF MFU best", "theirs_mfu_best", ".1%"), ("ours compile s", "ours_compile_s", ".1f"),
+    ("ours MB", "ours_memory_mb", ".0f"), ("HF MB", "theirs_memory_mb", ".0f"),
+)  # fmt: skip
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """One line per row, '-' where a figure is missing (no torch)."""
+
+    def cell(key: str, spec: str, value) -> str:
+        if value == "" or value != value:  # NaN
+            return "-"
+        return format(value * 1e3 if key.endswith("_step_s") else value, spec)
+
+    lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(k, f, row[k]) for _, k, f in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def run_and_report(specs, overrides, *, output_json: str = "", steps: int, reps: int, **options):
+    """Compare and print the frameworks, their peaks and the markdown table; -> rows."""
+    rows, peaks, frameworks = compare(
+        specs or default_configs(), overrides, steps=steps, reps=reps, **options
+    )
+    print(frameworks)
+    print("square-matmul peak TFLOP/s: " + ", ".join(f"{k} {v:.3f}" for k, v in peaks.items()))
+    print(
+        f"step time: the median of {reps} alternating rounds of {steps} steps per side; "
+        "ours vs HF = HF's step time / ours (> 1: ours is faster)\n"
+    )
+    print(markdown_table(rows))
+    if output_json:
+        rows_json = [{k: None if v != v else v for k, v in row.items()} for row in rows]  # NaN
+        os.makedirs(os.path.dirname(output_json) or ".", exist_ok=True)
+        with open(output_json, "w") as f:
+            json.dump(dict(frameworks=frameworks, peaks=peaks, rows=rows_json), f, indent=2)
+        print(f"\nwrote {output_json}")
+    return rows

@@ -1,0 +1,114 @@
+"""`t5x-lite bench --compare=hf` on tiny shapes: it runs for every family, the PyTorch
+model it builds does the matmuls we credit it with, and the table has its columns. No
+timing is asserted: the step times only have to exist."""
+
+import json
+import math
+
+import pytest
+
+from t5x_lite import bench_compare, main
+from t5x_lite.errors import UserError
+from tests.train.test_trainer import PRETRAIN
+
+pytestmark = pytest.mark.xdist_group("bench_compare")  # one module fixture
+
+SPECS = [f"{PRETRAIN}:{variant}" for variant in ("gpt_tiny", "roberta_tiny", "t5_tiny")]
+TINY_GPT = [
+    ("model.d_model", "32"), ("model.num_heads", "2"), ("model.head_dim", "16"),
+    ("model.d_ff", "64"), ("model.num_layers", "1"), ("objective.seq_len", "16"),
+    ("data.batch_size", "2"), ("tokenizer.vocab_size", "300"),
+]  # fmt: skip
+# Each override goes to the configs that have its key (T5 has no num_layers, GPT no
+# inputs_length).
+TINY = TINY_GPT + [
+    ("model.num_encoder_layers", "1"), ("model.num_decoder_layers", "1"),
+    ("objective.inputs_length", "16"), ("objective.targets_length", "8"),
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tiny_probes():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench_compare, "PROBE_SIZES", (64,))
+        patch.setattr(bench_compare, "PROBE_SECONDS", 0.01)
+        yield
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_probes):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return bench_compare.compare(SPECS, TINY, precisions=("fp32",), steps=1, reps=1)
+
+
+def test_every_family_runs_on_both_sides(compared):
+    rows, peaks, frameworks = compared
+    assert [row["hf_model"] for row in rows] == [
+        "GPT2LMHeadModel", "BertForMaskedLM", "T5ForConditionalGeneration",
+    ]  # fmt: skip
+    assert [row["row_tokens"] for row in rows] == [16, 16, 16 + 8]
+    for row in rows:
+        assert row["ours_step_s"] > 0 and row["theirs_step_s"] > 0
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+        assert row["ratio"] == pytest.approx(row["theirs_step_s"] / row["ours_step_s"])
+        assert len(row["rep_ratios"]) == 1 and row["ours_compile_s"] > 0
+        for side in ("ours", "theirs"):
+            assert 0 < row[f"{side}_mfu_best"] <= row[f"{side}_mfu_own"]
+    assert set(peaks) == {"jax_fp32", "jax_bf16", "torch_fp32", "torch_bf16"}
+    assert "PyTorch" in frameworks
+
+
+def test_hf_model_has_our_matmul_params(compared):
+    """The same matmuls on both sides, but for our BERT's pooler and NSP layer on [CLS]
+    (d x d + d x 2), which BertForMaskedLM lacks; and they are the matmuls our FLOP count
+    credits: 6 N per token plus 12 L T d for attention (decoder-only and encoder-only)."""
+    gpt, bert, t5 = compared[0]
+    d, seq_len = 32, 16
+    assert gpt["theirs_matmul_params"] == gpt["ours_matmul_params"]
+    assert t5["theirs_matmul_params"] == t5["ours_matmul_params"]
+    assert bert["ours_matmul_params"] - bert["theirs_matmul_params"] == d * d + d * 2
+    for row in (gpt, bert):
+        per_token = row["flops_per_step"] / (2 * seq_len)
+        assert per_token == 6 * row["theirs_matmul_params"] + 12 * 1 * seq_len * d
+
+
+def test_table_has_a_line_per_row_and_every_column(compared):
+    table = bench_compare.markdown_table(compared[0]).splitlines()
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header == [column[0] for column in bench_compare.COLUMNS]
+    for column in ("ours ms", "HF ms", "ours vs HF", "ours MFU own", "HF MFU best", "HF MB"):
+        assert column in header
+    assert len(table) == 2 + 3
+    for line in table[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert len(cells) == len(header) and "-" not in cells
+
+
+def test_without_torch_the_hf_columns_are_empty(monkeypatch, capsys):
+    note = "HF columns skipped: No module named 'torch' (pip install torch transformers)"
+    monkeypatch.setattr(bench_compare, "import_torch", lambda: (None, "", note))
+    rows = bench_compare.run_and_report(SPECS[:1], TINY_GPT, precisions=("bf16",), steps=1, reps=1)
+    assert rows[0]["ours_step_s"] > 0 and math.isnan(rows[0]["theirs_step_s"])
+    out = capsys.readouterr().out
+    assert note in out and "torch_fp32" not in out
+    assert out.strip().splitlines()[-1].split("|")[2].strip() == "-"  # HF model
+
+
+def test_cli_writes_the_table_and_json(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    output = tmp_path / "compare.json"
+    overrides = [f"--config.{key}={value}" for key, value in TINY_GPT]
+    argv = ["bench", "--compare=hf", f"--config={SPECS[0]}", "--precision=bf16", "--steps=1"]
+    assert main.main([*argv, "--reps=1", f"--output_json={output}", *overrides]) == 0
+    assert "| config | HF model | precision |" in capsys.readouterr().out
+    (row,) = json.loads(output.read_text())["rows"]
+    assert row["precision"] == "bf16" and row["hf_model"] == "GPT2LMHeadModel"
+    assert row["theirs_step_s"] > 0
+
+
+def test_a_key_no_config_has_is_an_error():
+    with pytest.raises(UserError, match="has the key 'model.num_layerz'"):
+        bench_compare.load_configs(SPECS, [("model.num_layerz", "1")], "fp32")
+    with pytest.raises(UserError, match="use fp32, bf16"):
+        bench_compare.load_configs(SPECS, [], "fp16")
