@@ -185,9 +185,10 @@ def _model_common(config) -> dict:
         vocab_size=config.tokenizer.get_ref("vocab_size"),
         dtype="float32",  # computation dtype: float32 | bfloat16 (params stay float32)
         remat_policy="none",  # none | full | dots_saveable
+        # auto = einsum on CPU, dot_product_attention elsewhere (chosen when traced);
         # dot_product_attention = jax.nn.dot_product_attention (cuDNN's fused kernel on GPUs);
         # einsum = the same math spelled out, ~1.6x faster attention backward on XLA:CPU.
-        attention_impl="dot_product_attention",
+        attention_impl="auto",
     )
 
 
@@ -226,6 +227,10 @@ def bert_sections(config, *, nsp: bool, dynamic: bool, masking: str) -> None:
         # True: [CLS] A [SEP] B [SEP], B the true continuation half the time (BERT);
         # False: full rows of whole documents (RoBERTa).
         next_sentence_prediction=nsp,
+        # Selected positions scored per row; the MLM head runs only there (BERT's
+        # max_predictions_per_seq). -1: ~1.1x the expected count + 8, from seq_len and
+        # mask_rate; 0: every position, with a full-length head.
+        max_predictions=-1,
     )
     config.model = dict(
         arch="encoder_only",

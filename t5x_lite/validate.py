@@ -62,6 +62,7 @@ RANGES: dict[str, Range] = {
     "objective.span_geometric_p": UNIT_ABOVE_0,
     "objective.span_max_length": AT_LEAST_1,
     "objective.prefix_fraction": UNIT,
+    "objective.max_predictions": Range(lambda v: v >= -1, ">= -1 (-1: from seq_len and mask_rate)"),
     # Model shapes.
     "model.vocab_size": AT_LEAST_1,
     "model.d_model": AT_LEAST_1,

@@ -165,6 +165,9 @@ class EncoderOnly(nn.Module):
         encoder_token_type_ids (int32 [batch, length]; segment 0 = padding); other keys
         are ignored.
 
+        With 'mlm_positions' (int32 [batch, P], from the masked LM objective's
+        `device_features`) the MLM head runs only there: 'mlm_logits' is [batch, P, vocab].
+
         Returns {'mlm_logits': float32 [batch, length, vocab], 'nsp_logits': float32
         [batch, 1, 2], 'pooled': [batch, embed], 'hidden': [batch, length, embed]}, the
         last two in the compute dtype, and with num_classes > 0 'class_logits' float32
@@ -179,8 +182,11 @@ class EncoderOnly(nn.Module):
         if self.layer_norm == "pre":
             hidden = self._norm("final_norm")(hidden)
         pooled, nsp_logits = self._pool_and_classify(hidden)
+        mlm_hidden = hidden
+        if "mlm_positions" in batch:  # [batch, P, embed]
+            mlm_hidden = jnp.take_along_axis(hidden, batch["mlm_positions"][..., None], axis=1)
         outputs = {
-            "mlm_logits": self._mlm_logits(hidden, token_embed),
+            "mlm_logits": self._mlm_logits(mlm_hidden, token_embed),
             "nsp_logits": nsp_logits,
             "pooled": pooled,
             "hidden": hidden,

@@ -151,7 +151,7 @@ def model_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
         "activation": _HF_ACTIVATIONS[hf_config["hidden_act"]],
         "dtype": "float32",
         "remat_policy": "none",
-        "attention_impl": "dot_product_attention",
+        "attention_impl": "auto",
         "num_classes": 0,
     }
 

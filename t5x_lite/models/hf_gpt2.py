@@ -128,7 +128,7 @@ def model_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
         "tie_embeddings": hf_config.get("tie_word_embeddings", True),
         "dtype": "float32",
         "remat_policy": "none",
-        "attention_impl": "dot_product_attention",
+        "attention_impl": "auto",
         "num_classes": 0,
     }
 

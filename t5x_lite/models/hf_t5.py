@@ -141,7 +141,7 @@ def model_config_from_hf(hf_config: Mapping[str, Any], *, tie_embeddings: bool) 
         "layer_norm_epsilon": hf_config["layer_norm_epsilon"],
         "dtype": "float32",
         "remat_policy": "none",
-        "attention_impl": "dot_product_attention",
+        "attention_impl": "auto",
     }
 
 

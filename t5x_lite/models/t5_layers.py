@@ -118,7 +118,7 @@ def biased_attention_core(query, key, value, mask, bias, impl: str) -> jax.Array
 
     mask bool [batch, 1, q_length, k_length]; bias float32 [batch or 1, heads, q, k].
     """
-    if impl == "dot_product_attention":
+    if layers.resolve_attention_impl(impl) == "dot_product_attention":
         return jax.nn.dot_product_attention(
             query, key, value, bias=bias.astype(query.dtype), mask=mask, scale=1.0
         )

@@ -73,6 +73,10 @@ class LossTerm:
     # Multiplies this term's mean loss in the training objective (metrics stay unscaled),
     # e.g. GPT-1's auxiliary LM loss next to the classifier's.
     scale: float = 1.0
+    # When `weights` is a selection of the positions of a full-length weight feature
+    # (the masked LM scoring at most max_predictions positions per row), that feature:
+    # the metrics then count the weighted positions left unscored (`<name>/unscored`).
+    selected_from: str = ""
 
 
 class Objective(abc.ABC):
@@ -127,3 +131,9 @@ class Objective(abc.ABC):
 
     def features(self) -> tuple[str, ...]:
         return tuple(self.feature_lengths())
+
+    def device_features(self, batch: dict) -> dict:
+        """The batch with features computed on device, inside the jitted train and eval
+        steps, before the model and the loss terms read it (e.g. the masked LM's
+        positions to score). Default: none."""
+        return batch

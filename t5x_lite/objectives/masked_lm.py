@@ -36,10 +36,24 @@ as long fits (the rest starts the next pair), and B comes from another document 
 1). Pairs are built to fit the row, so nothing is truncated: every token of the
 document is in exactly one A or IsNext B per epoch, and a document yields as many pairs
 as that takes. Masking is applied to each final example.
+
+Scored positions. With `max_predictions` > 0 the loss scores only the first that many
+selected positions of each row (in row order), as BERT's max_predictions_per_seq caps
+them, and the model computes the MLM head (a vocabulary-wide projection, ~40% of a
+BERT-small step's FLOPs at vocabulary 32k) only there: the positions are taken on device
+(`device_features`), so packing and the data pipeline are unchanged. The default, -1,
+sets the cap to `default_max_predictions` (~1.1x the expected count plus 8, a multiple
+of 8), which rows leave unscored only by rare chance; the metrics count the selected
+positions a cap left out (`mlm/unscored`). 0 scores every position with a full-length
+head.
 """
 
 from __future__ import annotations
 
+import math
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite.data import packing
@@ -84,6 +98,11 @@ def _validate_knobs(knobs: dict) -> None:
         raise UserError(f"config.objective.span_max_length={knobs['span_max_length']} must be >= 1")
     nsp = knobs["next_sentence_prediction"]
     minimum, layout = (5, "[CLS] A [SEP] B [SEP]") if nsp else (3, "[CLS] document [SEP]")
+    if knobs["max_predictions"] < -1:
+        raise UserError(
+            f"config.objective.max_predictions={knobs['max_predictions']} must be -1 (a cap"
+            " from seq_len and mask_rate), 0 (score every position) or a positive cap"
+        )
     if knobs["seq_len"] < minimum:
         raise UserError(
             f"config.objective.seq_len={knobs['seq_len']} is too short for {layout}"
@@ -109,6 +128,15 @@ def _word_ids(tokens: np.ndarray, candidates: np.ndarray, word_start: np.ndarray
     after_special = np.concatenate([[True], ~candidates[:-1]])
     starts = candidates & (word_start[tokens] | after_special)
     return np.where(candidates, np.cumsum(starts) - 1, -1)
+
+
+def default_max_predictions(seq_len: int, mask_rate: float) -> int:
+    """The scored positions per row that max_predictions=-1 stands for: the expected
+    selections of a full row with 10% and 8 positions of room (span masking overshoots
+    by about half a span per example; a row may end one example and start another), as a
+    multiple of 8, at most seq_len."""
+    room = math.ceil(1.1 * mask_rate * seq_len) + 8
+    return min(seq_len, -(-room // 8) * 8)
 
 
 def _num_to_select(num_candidates: int, mask_rate: float) -> int:
@@ -191,6 +219,7 @@ class MaskedLM(base.Objective):
         sep_id: int,
         word_start: np.ndarray,
         special: np.ndarray,
+        max_predictions: int = -1,
     ):
         _validate_knobs(dict(locals()))  # the config.objective knobs, by name
         self.word_start = np.asarray(word_start, bool)  # [vocab]
@@ -212,7 +241,18 @@ class MaskedLM(base.Objective):
         self.pack_mode = packing.PACK_NONE if next_sentence_prediction else packing.PACK_CONCAT
         # [CLS] chunk [SEP] per example; sentence pairs are not fixed chunks (`preprocess`).
         self.chunk_length = None if next_sentence_prediction else seq_len - 2
-        mlm = base.LossTerm("mlm", "mlm_logits", "encoder_target_tokens", "encoder_loss_weights")
+        if max_predictions == -1:
+            max_predictions = default_max_predictions(seq_len, mask_rate)
+        self.max_predictions = min(max_predictions, seq_len)
+        if self.max_predictions:
+            mlm = base.LossTerm(
+                "mlm", "mlm_logits", "mlm_target_tokens", "mlm_loss_weights",
+                selected_from="encoder_loss_weights",
+            )  # fmt: skip
+        else:
+            mlm = base.LossTerm(
+                "mlm", "mlm_logits", "encoder_target_tokens", "encoder_loss_weights"
+            )
         nsp = base.LossTerm("nsp", "nsp_logits", "nsp_labels", "nsp_weights")
         self.loss_terms = (mlm, nsp) if next_sentence_prediction else (mlm,)
 
@@ -226,6 +266,25 @@ class MaskedLM(base.Objective):
         if self.next_sentence_prediction:
             lengths.update(nsp_labels=1, nsp_weights=1)
         return lengths
+
+    def device_features(self, batch):
+        """Adds mlm_positions (int32 [batch, P], P = max_predictions: the row's selected
+        positions in order, then unselected ones) and mlm_target_tokens /
+        mlm_loss_weights gathered there, for the head and the loss to read."""
+        if not self.max_predictions:
+            return batch
+        weights = batch["encoder_loss_weights"]
+        count = min(self.max_predictions, weights.shape[1])
+        # top_k breaks ties towards the lower index: selected positions in row order,
+        # then the unselected ones (weight 0) from the row's start.
+        _, positions = jax.lax.top_k((weights > 0).astype(jnp.int32), count)
+        gather = lambda feature: jnp.take_along_axis(feature, positions, axis=1)  # noqa: E731
+        return {
+            **batch,
+            "mlm_positions": positions.astype(jnp.int32),
+            "mlm_target_tokens": gather(batch["encoder_target_tokens"]),
+            "mlm_loss_weights": gather(weights),
+        }
 
     def preprocess(self, tokens, rng, other_document=None):
         """One document -> its examples: consecutive chunks without NSP, sentence pairs

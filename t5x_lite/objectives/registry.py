@@ -68,8 +68,12 @@ def build(objective_config, arch: str, tokenizer):
     class's constructor arguments, less those it reads from the tokenizer."""
     cls = get_class(objective_config["name"], arch)
     knobs = {k: v for k, v in objective_config.items() if k != "name"}
-    expected = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    missing = sorted(expected - set(knobs) - set(cls.ids_from_tokenizer))
+    parameters = dict(inspect.signature(cls.__init__).parameters)
+    parameters.pop("self")
+    expected = set(parameters)
+    # Knobs with a default may be absent: configs written before the knob existed.
+    required = {name for name, p in parameters.items() if p.default is inspect.Parameter.empty}
+    missing = sorted(required - set(knobs) - set(cls.ids_from_tokenizer))
     unknown = sorted(set(knobs) - expected)
     if missing or unknown:
         raise UserError(

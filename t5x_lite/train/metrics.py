@@ -29,6 +29,7 @@ def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
     """Loss sums from `losses.cross_entropy` -> per-token loss, perplexity, accuracy."""
     weight = max(sums["weight_sum"], 1e-9)
     nll = sums["nll_sum"] / weight
+    unscored = {f"{prefix}/unscored": sums["unscored_sum"]} if "unscored_sum" in sums else {}
     return {
         f"{prefix}/loss": sums["loss_sum"] / weight,
         f"{prefix}/nll": nll,
@@ -36,7 +37,7 @@ def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
         f"{prefix}/accuracy": sums["correct_sum"] / weight,
         f"{prefix}/z_loss": sums["z_loss_sum"] / weight,
         f"{prefix}/tokens": sums["weight_sum"],
-    }
+    } | unscored
 
 
 class MetricWriter:

@@ -127,16 +127,19 @@ def loss_sums(run: Run, params, batch, *, dropout_rng) -> dict:
     deterministic = dropout_rng is None
     rngs = {} if deterministic else {"dropout": dropout_rng}
     outputs = run.model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs)
-    return {
-        term.name: losses.cross_entropy(
+    sums = {}
+    for term in run.objective.loss_terms:
+        sums[term.name] = losses.cross_entropy(
             outputs[term.output],
             batch[term.targets],
             batch[term.weights],
             label_smoothing=run.config.loss.label_smoothing,
             z_loss=run.config.loss.z_loss,
         )
-        for term in run.objective.loss_terms
-    }
+        if term.selected_from:
+            weighted = jnp.sum(batch[term.selected_from].astype(jnp.float32))
+            sums[term.name]["unscored_sum"] = weighted - sums[term.name]["weight_sum"]
+    return sums
 
 
 def make_train_step(run: Run):
@@ -149,6 +152,7 @@ def make_train_step(run: Run):
     schedule = optim.learning_rate_schedule(run.config.optimizer, run.config.train.num_steps)
 
     def train_step(state: TrainState, batch):
+        batch = run.objective.device_features(batch)
         # Dropout depends only on the step, so a resumed run draws the same masks.
         rng = jax.random.fold_in(dropout_key, state.step)
         weight_sums = _weight_sums(run, batch)
@@ -275,7 +279,7 @@ def _accumulate(run: Run, params, batch, weight_sums, rng, num_micro: int):
 
 def make_eval_step(run: Run):
     def eval_step(params, batch):
-        return loss_sums(run, params, batch, dropout_rng=None)
+        return loss_sums(run, params, run.objective.device_features(batch), dropout_rng=None)
 
     return jax.jit(
         eval_step,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from t5x_lite.errors import UserError
-from t5x_lite.models import ARCHITECTURES, build_model
+from t5x_lite.models import ARCHITECTURES, build_model, layers
 from t5x_lite.models.decoder_only import DecoderOnly, init_decode_cache
 from tests.models.helpers import LOGICAL_NAMES, fast_jit
 
@@ -405,3 +405,13 @@ def test_build_model_accepts_config_dict_and_registry_names():
 def test_build_model_errors_name_the_bad_key(config, message):
     with pytest.raises(UserError, match=message):
         build_model(ml_collections.ConfigDict(config))
+
+
+def test_auto_attention_is_einsum_on_cpu_and_gives_its_logits():
+    assert layers.resolve_attention_impl("auto") == "einsum"
+    assert layers.resolve_attention_impl("dot_product_attention") == "dot_product_attention"
+    variables = variables_for(tie_embeddings=True)
+    batch = unpacked_batch(2)
+    auto = forward_for(attention_impl="auto")[1](variables, batch)["logits"]
+    einsum = forward_for(attention_impl="einsum")[1](variables, batch)["logits"]
+    np.testing.assert_array_equal(auto, einsum)

@@ -279,3 +279,16 @@ def test_build_model_registry_name():
 def test_build_model_errors_name_the_bad_key(config, message):
     with pytest.raises(UserError, match=message):
         build_model(ml_collections.ConfigDict(config))
+
+
+def test_mlm_head_at_positions_equals_the_full_head_there():
+    variables = variables_for("post")
+    _, forward = forward_for()
+    batch = random_batch(1)
+    positions = jnp.array([[3, 0, 15], [7, 7, 2]], jnp.int32)
+    full = forward(variables, batch)
+    at = forward(variables, {**batch, "mlm_positions": positions})
+    assert at["mlm_logits"].shape == (BATCH, 3, VOCAB)
+    expected = jnp.take_along_axis(full["mlm_logits"], positions[..., None], axis=1)
+    np.testing.assert_allclose(at["mlm_logits"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(at["pooled"], full["pooled"])

@@ -159,7 +159,7 @@ def test_config_and_params_match_encoder_only_init_exactly(hf_dirs):
         "activation": "gelu",
         "dtype": "float32",
         "remat_policy": "none",
-        "attention_impl": "dot_product_attention",
+        "attention_impl": "auto",
         "num_classes": 0,
     }
     model = build_model(model_config)

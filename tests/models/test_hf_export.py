@@ -26,7 +26,7 @@ from tests.models.helpers import fast_jit
 
 VOCAB, LENGTH, PAD_FROM = 100, 10, 7  # row 1 is padding from PAD_FROM on
 KEY = jax.random.key(0, impl="rbg")
-COMPUTE = {"dtype": "float32", "remat_policy": "none", "attention_impl": "dot_product_attention"}
+COMPUTE = {"dtype": "float32", "remat_policy": "none", "attention_impl": "auto"}
 
 BERT = {
     "arch": "encoder_only",

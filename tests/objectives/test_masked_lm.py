@@ -14,6 +14,7 @@ from t5x_lite.data.pipeline import make_dataset
 from t5x_lite.errors import UserError
 from t5x_lite.objectives.masked_lm import (
     MaskedLM,
+    default_max_predictions,
     select_spans,
     select_whole_words,
 )
@@ -30,7 +31,7 @@ BIG_WORD_START = (np.arange(1000) >= 10) & (np.arange(1000) < 700)
 
 KNOBS = dict(seq_len=16, mask_rate=0.15, replace_with_mask=0.8, replace_with_random=0.1,
              keep_original=0.1, masking="token", span_geometric_p=0.2, span_max_length=10,
-             dynamic_masking=True, next_sentence_prediction=False)  # fmt: skip
+             dynamic_masking=True, next_sentence_prediction=False, max_predictions=-1)  # fmt: skip
 
 
 def make(big=False, **overrides):
@@ -366,8 +367,8 @@ def test_contract_and_registry():
     assert (plain.chunk_length, nsp.chunk_length) == (14, None)  # [CLS] chunk [SEP]; pairs
     assert [t.name for t in plain.loss_terms] == ["mlm"]
     mlm, nsp_term = nsp.loss_terms
-    assert (mlm.output, mlm.targets, mlm.weights) == (
-        "mlm_logits", "encoder_target_tokens", "encoder_loss_weights")  # fmt: skip
+    assert (mlm.output, mlm.targets, mlm.weights, mlm.selected_from) == (
+        "mlm_logits", "mlm_target_tokens", "mlm_loss_weights", "encoder_loss_weights")  # fmt: skip
     assert (nsp_term.output, nsp_term.targets, nsp_term.weights) == (
         "nsp_logits", "nsp_labels", "nsp_weights")  # fmt: skip
     assert nsp.feature_lengths() == {"encoder_input_tokens": 16, "encoder_target_tokens": 16,
@@ -488,3 +489,35 @@ def test_tokenizer_masks_and_build(tokenizer):
         selected = example["encoder_loss_weights"][1:-1] == 1
         text = tokenizer.decode(np.where(selected, tokens, tokenizer.pad_id))
         assert text.split() and set(text.split()) <= set(words)  # whole words only
+
+
+def test_default_max_predictions_hand_worked():
+    # ceil(1.1 * rate * seq_len) + 8, up to a multiple of 8, at most seq_len.
+    assert default_max_predictions(128, 0.15) == 32  # 22 + 8 = 30 -> 32 (BERT used 20)
+    assert default_max_predictions(512, 0.15) == 96  # 85 + 8 = 93 -> 96 (BERT used 80)
+    assert default_max_predictions(16, 0.5) == 16  # 9 + 8 = 17 -> 24, capped at seq_len
+    assert make().max_predictions == 16
+    assert make(max_predictions=5).max_predictions == 5
+    assert make(max_predictions=99).max_predictions == 16
+
+
+def test_device_features_take_the_selected_positions_in_row_order():
+    weights = np.array([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 0]], np.int32)
+    targets = np.arange(12, dtype=np.int32).reshape(2, 6) + 20
+    batch = {"encoder_loss_weights": weights, "encoder_target_tokens": targets}
+    features = make(max_predictions=3).device_features(batch)
+    assert features["mlm_positions"].tolist() == [[1, 3, 4], [0, 1, 2]]
+    assert features["mlm_target_tokens"].tolist() == [[21, 23, 24], [26, 27, 28]]
+    assert features["mlm_loss_weights"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    # A cap below a row's selections keeps the first ones.
+    assert make(max_predictions=2).device_features(batch)["mlm_positions"].tolist() == [
+        [1, 3], [0, 1]
+    ]  # fmt: skip
+    full = make(max_predictions=0)
+    assert full.device_features(batch) is batch
+    assert full.loss_terms[0].weights == "encoder_loss_weights"
+
+
+def test_max_predictions_below_minus_one_is_refused():
+    with pytest.raises(UserError, match="config.objective.max_predictions=-2"):
+        make(max_predictions=-2)

@@ -256,3 +256,45 @@ def test_objective_must_fit_architecture(tmp_path, corpus):
     config = tiny_config(corpus, **{"objective.name": "masked_lm", "train.num_steps": 1})
     with pytest.raises(UserError, match="config.objective.name"):
         trainer.train(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("variant", ["roberta_tiny", "spanbert_tiny"])
+def test_masked_positions_head_gives_the_full_heads_loss_and_gradients(tmp_path, corpus, variant):
+    """max_predictions: the MLM head at the selected positions only equals the full-length
+    head there (same loss sums and gradients, nothing unscored); a cap below the row's
+    selections leaves exactly the rest unscored and scores the first ones in row order."""
+    configs = {
+        cap: tiny_config(corpus, variant, **{"objective.max_predictions": cap})
+        for cap in (0, -1, 2)
+    }
+    docs, _ = inputs.load_documents(configs[0].data)
+    tokenizer = inputs.load_or_train_tokenizer(configs[0], str(tmp_path), docs)
+    runs = {cap: trainer.build_run(config, tokenizer) for cap, config in configs.items()}
+    assert runs[-1].objective.max_predictions == 16  # ceil(1.1 * 0.15 * 32) + 8, to 8s
+    batch = next(iter(inputs.train_dataset(configs[0], docs, tokenizer, runs[0].objective)))
+    selected = batch["encoder_loss_weights"].sum(axis=1)
+    assert 0 < selected.max() <= 16 and (selected > 2).any()
+    params = trainer.init_state(runs[0], 0).params
+
+    def loss_and_grads(run):
+        def loss(p):
+            sums = trainer.loss_sums(run, p, run.objective.device_features(batch), dropout_rng=None)
+            return sums["mlm"]["loss_sum"], sums["mlm"]
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+    (_, full), full_grads = loss_and_grads(runs[0])
+    (_, masked), masked_grads = loss_and_grads(runs[-1])
+    assert "unscored_sum" not in full and float(masked["unscored_sum"]) == 0
+    for key in ("loss_sum", "correct_sum", "weight_sum"):
+        np.testing.assert_allclose(masked[key], full[key], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(masked_grads), jax.tree.leaves(full_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+    (_, capped), _ = loss_and_grads(runs[2])
+    assert float(capped["weight_sum"]) == np.minimum(selected, 2).sum()
+    assert float(capped["unscored_sum"]) == selected.sum() - np.minimum(selected, 2).sum()
+    features = runs[2].objective.device_features(batch)
+    for row in range(len(selected)):
+        first = np.flatnonzero(batch["encoder_loss_weights"][row])[:2]
+        np.testing.assert_array_equal(features["mlm_positions"][row][: len(first)], first)
