@@ -96,13 +96,13 @@ def _validate_knobs(knobs: dict) -> None:
         )
     if knobs["span_max_length"] < 1:
         raise UserError(f"config.objective.span_max_length={knobs['span_max_length']} must be >= 1")
-    nsp = knobs["next_sentence_prediction"]
-    minimum, layout = (5, "[CLS] A [SEP] B [SEP]") if nsp else (3, "[CLS] document [SEP]")
     if knobs["max_predictions"] < -1:
         raise UserError(
             f"config.objective.max_predictions={knobs['max_predictions']} must be -1 (a cap"
             " from seq_len and mask_rate), 0 (score every position) or a positive cap"
         )
+    nsp = knobs["next_sentence_prediction"]
+    minimum, layout = (5, "[CLS] A [SEP] B [SEP]") if nsp else (3, "[CLS] document [SEP]")
     if knobs["seq_len"] < minimum:
         raise UserError(
             f"config.objective.seq_len={knobs['seq_len']} is too short for {layout}"
