@@ -45,13 +45,17 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/t5x-lite bench --config=gin_configs/pretrain.py:gpt_small
 
-# Our train step beside transformers' PyTorch models of the same shapes (gpt_small,
-# roberta_small, t5_small), fp32 and bf16: a markdown table for the README. Meant for a
-# quiet machine; on a CPU shrink them: make bench-compare BENCH_ARGS=--config.data.batch_size=2
+# Our train step beside transformers' PyTorch models of the same shapes, fp32 and bf16: the
+# README's side-by-side table. The shapes are the performance issue's (batch 8, d_model 512,
+# 8 layers of 8 heads, vocabulary 32,128, sequence 512; T5 512 in / 114 out, d_ff 1024):
+# gpt_small, roberta_small and t5_small with these overrides. Meant for a quiet machine
+# (~30 min on 2 cores); smaller: make bench-compare BENCH_SHAPES=--config.data.batch_size=2
+BENCH_SHAPES ?= --config.data.batch_size=8 --config.tokenizer.vocab_size=32128 \
+	--config.objective.seq_len=512 --config.model.num_layers=8 --config.model.num_heads=8
 BENCH_ARGS ?=
 bench-compare: $(STAMP)
-	$(VENV)/bin/t5x-lite bench --compare=hf --precision=fp32,bf16 --steps=5 --reps=3 \
-		--output_json=runs/bench_compare.json $(BENCH_ARGS)
+	$(VENV)/bin/t5x-lite bench --compare=hf --precision=fp32,bf16 --steps=2 --reps=2 \
+		--output_json=runs/bench_compare.json $(BENCH_SHAPES) $(BENCH_ARGS)
 
 # Two of experiments/'s studies at CPU scale (experiments/README.md): does pretraining help
 # (each family and a real pretrained BERT), and T5's objectives: about 2 hours on 2 cores.

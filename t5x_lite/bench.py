@@ -75,38 +75,56 @@ def random_batch(run, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return batch
 
 
-def benchmark(config, *, steps: int, peak_tflops: float) -> BenchResult:
-    # The objective needs only the fixed special ids: the benchmark feeds random tokens.
-    run = trainer.build_run(config, tokenizer_lib.SpecialIdsOnly(config.model.vocab_size))
-    state = trainer.init_state(run, config.seed)
-    train_step = trainer.make_train_step(run)
-    batch = partitioning.host_batch_to_global(random_batch(run, np.random.default_rng(0)), run.mesh)
-    family = families.get(config.model.arch)
-    row_tokens, row_flops = family.row_tokens_and_flops(
-        config.model, run.objective.feature_lengths()
-    )
-    tokens = config.data.batch_size * row_tokens
-    with jax.set_mesh(run.mesh):
-        start = time.perf_counter()
-        compiled = train_step.lower(state, batch).compile()
-        compile_s = time.perf_counter() - start
-        memory = compiled.memory_analysis()
-        for _ in range(2):  # warm up caches and the allocator
-            state, metrics = compiled(state, batch)
-        jax.block_until_ready(state)
-        times = []
-        for _ in range(steps):
+class CompiledStep:
+    """The config's jitted train step, compiled for one batch of random tokens; a call
+    runs one step and waits for it. `bench` and `bench --compare` time the same object."""
+
+    def __init__(self, config):
+        # The objective needs only the fixed special ids: the benchmark feeds random tokens.
+        self.vocab = tokenizer_lib.SpecialIdsOnly(config.model.vocab_size)
+        self.run = trainer.build_run(config, self.vocab)
+        self.state = trainer.init_state(self.run, config.seed)
+        self.host_batch = random_batch(self.run, np.random.default_rng(0))
+        self.batch = partitioning.host_batch_to_global(self.host_batch, self.run.mesh)
+        step = trainer.make_train_step(self.run)
+        with jax.set_mesh(self.run.mesh):
             start = time.perf_counter()
-            state, metrics = compiled(state, batch)
-            jax.block_until_ready(state)
-            times.append(time.perf_counter() - start)
+            self.compiled = step.lower(self.state, self.batch).compile()
+            self.compile_s = time.perf_counter() - start
+        temp = self.compiled.memory_analysis()
+        self.temp_memory_mb = (temp.temp_size_in_bytes if temp else 0) / 2**20
+        self.state_memory_mb = sum(x.nbytes for x in jax.tree.leaves(self.state)) / 2**20
+
+    def __call__(self) -> None:
+        with jax.set_mesh(self.run.mesh):
+            self.state, _ = self.compiled(self.state, self.batch)
+            jax.block_until_ready(self.state)
+
+    def tokens_and_flops(self) -> tuple[int, float]:
+        """(tokens per row, model FLOPs per row), as the family counts them."""
+        family = families.get(self.run.config.model.arch)
+        return family.row_tokens_and_flops(
+            self.run.config.model, self.run.objective.feature_lengths()
+        )
+
+
+def benchmark(config, *, steps: int, peak_tflops: float) -> BenchResult:
+    step = CompiledStep(config)
+    row_tokens, row_flops = step.tokens_and_flops()
+    tokens = config.data.batch_size * row_tokens
+    for _ in range(2):  # warm up caches and the allocator
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
     step_time = float(np.median(times))
     source = "given"
     if not peak_tflops:
         peak_tflops, source = matmul_peak_tflops(), "fp32 matmul probe"
     per_token = row_flops / row_tokens
     achieved = tokens / step_time * per_token / 1e12
-    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     return BenchResult(
         step_time_s=step_time,
         tokens_per_s=tokens / step_time,
@@ -115,9 +133,9 @@ def benchmark(config, *, steps: int, peak_tflops: float) -> BenchResult:
         peak_tflops=peak_tflops,
         peak_source=source,
         mfu=achieved / peak_tflops,
-        compile_s=compile_s,
-        temp_memory_mb=(memory.temp_size_in_bytes if memory else 0) / 2**20,
-        state_memory_mb=state_bytes / 2**20,
+        compile_s=step.compile_s,
+        temp_memory_mb=step.temp_memory_mb,
+        state_memory_mb=step.state_memory_mb,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
 

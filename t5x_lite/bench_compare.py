@@ -14,6 +14,8 @@ alternate (ours, theirs, ours, ...), so a busy stretch of a shared machine slows
 Both are credited with our family's FLOPs (bench.py). bf16 is bf16 compute with fp32
 params on both sides (model.dtype=bfloat16; torch.autocast). MFU is over each side's own
 framework's square-matmul peak at that precision, and over the better of the two.
+Where torch's matmul at a precision runs 10x or more below its fp32 rate (bf16 on a CPU
+without bf16 instructions), that precision's HF column is skipped with a note.
 Memory: ours is the train state plus XLA's step temporaries; theirs the process's RSS
 growth from loading the model through its warm-up steps (Linux; the first row's includes
 torch's one-time allocations), or torch's CUDA peak. torch uses its default threads
@@ -45,9 +47,7 @@ from flax import traverse_util
 
 from t5x_lite import bench, families
 from t5x_lite import config as config_lib
-from t5x_lite import tokenizer as tokenizer_lib
 from t5x_lite.errors import UserError
-from t5x_lite.train import partitioning, trainer
 
 DEFAULT_VARIANTS = ("gpt_small", "roberta_small", "t5_small")  # of gin_configs/pretrain.py
 SAME_STEP = (
@@ -61,6 +61,10 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 # seconds each size gets ends the probe (torch's bf16 on a CPU without bf16 instructions
 # is ~20x slower than its fp32).
 PROBE_SIZES, PROBE_SECONDS = (512, 1024, 2048), 1.0
+# torch at a precision whose square matmul runs this many times below its fp32 rate has no
+# kernels for it on this machine (bf16 on an AVX2 CPU: ~100x); a step would take hours, so
+# that precision's HF column is skipped with a note.
+SLOW_PRECISION_FACTOR = 10
 
 
 def default_configs() -> list[str]:
@@ -137,6 +141,17 @@ def matmul_peaks(torch, device: str) -> dict[str, float]:
     return peaks
 
 
+def slow_torch_note(precision: str, peaks: dict[str, float]) -> str:
+    """Why the HF side is skipped at this precision, or '' to run it."""
+    fp32, here = peaks.get("torch_fp32"), peaks.get(f"torch_{precision}")
+    if not fp32 or here is None or here * SLOW_PRECISION_FACTOR >= fp32:
+        return ""
+    return (
+        f"HF {precision} skipped: torch's {precision} matmul reaches {here:.4f} TFLOP/s "
+        f"here, {fp32 / here:.0f}x below its fp32 (no {precision} kernels on this machine)"
+    )
+
+
 @contextlib.contextmanager
 def _rss_growth():
     """Samples the process's resident memory every millisecond while the block runs;
@@ -197,31 +212,6 @@ def hf_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-class OurStep:
-    """Our jitted train step on random tokens, as bench.benchmark builds it; a call runs
-    one step and waits for it."""
-
-    def __init__(self, config):
-        self.vocab = tokenizer_lib.SpecialIdsOnly(config.model.vocab_size)
-        self.run = trainer.build_run(config, self.vocab)
-        self.state = trainer.init_state(self.run, config.seed)
-        self.host_batch = bench.random_batch(self.run, np.random.default_rng(0))
-        self.batch = partitioning.host_batch_to_global(self.host_batch, self.run.mesh)
-        step = trainer.make_train_step(self.run)
-        with jax.set_mesh(self.run.mesh):
-            start = time.perf_counter()
-            self.compiled = step.lower(self.state, self.batch).compile()
-            self.compile_s = time.perf_counter() - start
-        temp = self.compiled.memory_analysis()
-        state_bytes = sum(x.nbytes for x in jax.tree.leaves(self.state))
-        self.memory_mb = (state_bytes + (temp.temp_size_in_bytes if temp else 0)) / 2**20
-
-    def __call__(self) -> None:
-        with jax.set_mesh(self.run.mesh):
-            self.state, _ = self.compiled(self.state, self.batch)
-            jax.block_until_ready(self.state)
-
-
 class TheirStep:
     """transformers' model of an exported directory trained with torch's AdamW; a call
     runs one step and waits for it."""
@@ -266,7 +256,7 @@ def _timed(step: Callable[[], None], steps: int) -> list[float]:
     return times
 
 
-def _their_step(torch, device, family, config, ours: OurStep, precision, torch_compile):
+def _their_step(torch, device, family, config, ours: bench.CompiledStep, precision, torch_compile):
     """-> (TheirStep warmed up by two steps, its first step's seconds, memory MB)."""
     ids = {name: getattr(ours.vocab, name) for name in ("bos_id", "eos_id", "pad_id")}
     with _rss_growth() as memory:
@@ -286,17 +276,19 @@ def compare_one(spec, config, precision, torch, device, peaks, *, steps, reps, t
     """One config at one precision -> its row: both sides' figures ('theirs_*' NaN
     without torch) and their ratio, theirs / ours step time (> 1: ours is faster)."""
     family = families.get(config.model.arch)
-    ours = OurStep(config)
-    tokens, flops = family.row_tokens_and_flops(config.model, ours.run.objective.feature_lengths())
+    ours = bench.CompiledStep(config)
+    tokens, flops = ours.tokens_and_flops()
     row = dict(
         config=os.path.basename(spec), family=family.name, precision=precision,
         batch_size=config.data.batch_size, row_tokens=tokens, hf_model="",
         flops_per_step=config.data.batch_size * flops, ours_compile_s=ours.compile_s,
-        ours_memory_mb=ours.memory_mb, ours_matmul_params=our_matmul_params(ours.state.params),
+        ours_memory_mb=ours.state_memory_mb + ours.temp_memory_mb,
+        ours_matmul_params=our_matmul_params(ours.state.params),
         theirs_first_step_s=math.nan, theirs_memory_mb=math.nan, theirs_matmul_params=0,
+        note=slow_torch_note(precision, peaks) if torch is not None else "",
     )  # fmt: skip
     theirs = None
-    if torch is not None:
+    if torch is not None and not row["note"]:
         theirs, row["theirs_first_step_s"], row["theirs_memory_mb"] = _their_step(
             torch, device, family, config, ours, precision, torch_compile
         )
@@ -382,6 +374,8 @@ def run_and_report(specs, overrides, *, output_json: str = "", steps: int, reps:
         "ours vs HF = HF's step time / ours (> 1: ours is faster)\n"
     )
     print(markdown_table(rows))
+    for note in dict.fromkeys(row["note"] for row in rows if row["note"]):
+        print(note)
     if output_json:
         rows_json = [{k: None if v != v else v for k, v in row.items()} for row in rows]  # NaN
         os.makedirs(os.path.dirname(output_json) or ".", exist_ok=True)

@@ -95,8 +95,9 @@ def test_without_torch_the_hf_columns_are_empty(monkeypatch, capsys):
     assert out.strip().splitlines()[-1].split("|")[2].strip() == "-"  # HF model
 
 
-def test_cli_writes_the_table_and_json(tmp_path, capsys):
+def test_cli_writes_the_table_and_json(tmp_path, capsys, monkeypatch):
     pytest.importorskip("transformers")
+    monkeypatch.setattr(bench_compare, "SLOW_PRECISION_FACTOR", math.inf)  # run HF's bf16
     output = tmp_path / "compare.json"
     overrides = [f"--config.{key}={value}" for key, value in TINY_GPT]
     argv = ["bench", "--compare=hf", f"--config={SPECS[0]}", "--precision=bf16", "--steps=1"]
@@ -112,3 +113,16 @@ def test_a_key_no_config_has_is_an_error():
         bench_compare.load_configs(SPECS, [("model.num_layerz", "1")], "fp32")
     with pytest.raises(UserError, match="use fp32, bf16"):
         bench_compare.load_configs(SPECS, [], "fp16")
+
+
+def test_a_precision_torch_has_no_kernels_for_is_skipped_with_a_note():
+    peaks = {"jax_fp32": 0.3, "jax_bf16": 0.2, "torch_fp32": 0.35, "torch_bf16": 0.001}
+    note = bench_compare.slow_torch_note("bf16", peaks)
+    assert note == (
+        "HF bf16 skipped: torch's bf16 matmul reaches 0.0010 TFLOP/s here, 350x below its "
+        "fp32 (no bf16 kernels on this machine)"
+    )
+    assert bench_compare.slow_torch_note("fp32", peaks) == ""
+    assert bench_compare.slow_torch_note("bf16", {**peaks, "torch_bf16": 2.0}) == ""  # AMX
+    assert bench_compare.slow_torch_note("bf16", {**peaks, "torch_bf16": 0.035}) == ""  # 10x
+    assert bench_compare.slow_torch_note("bf16", {"jax_bf16": 0.2}) == ""  # no torch
