@@ -24,6 +24,7 @@ import numpy as np
 
 from t5x_lite import families
 from t5x_lite import tokenizer as tokenizer_lib
+from t5x_lite.errors import UserError
 from t5x_lite.train import partitioning, trainer
 
 
@@ -40,6 +41,36 @@ class BenchResult:
     temp_memory_mb: float
     state_memory_mb: float
     peak_rss_mb: float
+
+
+# Dense bf16 peak TFLOP/s per JAX device from the vendors' data sheets (no sparsity),
+# matched by the first prefix of `device_kind` that fits, so a variant precedes its family.
+PUBLISHED_BF16_PEAKS = (
+    ("NVIDIA H100 PCIe", 756.0),
+    ("NVIDIA H100 NVL", 835.0),
+    ("NVIDIA H100", 989.0),  # SXM
+    ("NVIDIA H200", 989.0),
+    ("NVIDIA GH200", 989.0),
+    ("NVIDIA B200", 2250.0),
+    ("NVIDIA A100", 312.0),
+    ("NVIDIA L4", 121.0),
+    ("TPU v4", 275.0),  # one device per chip (megacore)
+    ("TPU v5 lite", 197.0),  # v5e
+    ("TPU v5", 459.0),  # v5p
+    ("TPU v6 lite", 918.0),  # v6e (Trillium)
+)
+
+
+def published_peak_tflops(device_kind: str | None = None) -> float:
+    """The dense bf16 peak of all local devices, from `PUBLISHED_BF16_PEAKS`."""
+    kind = device_kind if device_kind is not None else jax.devices()[0].device_kind
+    for prefix, peak in PUBLISHED_BF16_PEAKS:
+        if kind.startswith(prefix):
+            return peak * jax.local_device_count()
+    raise UserError(
+        f"no published bf16 peak for device kind {kind!r} (known: "
+        f"{', '.join(p for p, _ in PUBLISHED_BF16_PEAKS)}); pass --peak_tflops=X instead"
+    )
 
 
 def matmul_peak_tflops(sizes=(1024, 2048), repeats: int = 10) -> float:

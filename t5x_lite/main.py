@@ -192,7 +192,12 @@ def cmd_bench(args, extra) -> None:
     if not args.config:
         raise UserError("bench needs --config=FILE.py:VARIANT (or --compare=hf)")
     config, _ = _config(args, extra)
-    api.bench(config, steps=args.steps, peak_tflops=args.peak_tflops)
+    peak = args.peak_tflops
+    if args.published_peak:
+        from t5x_lite import bench as bench_lib
+
+        peak = bench_lib.published_peak_tflops()
+    api.bench(config, steps=args.steps, peak_tflops=peak)
 
 
 def cmd_demo(args, extra) -> None:
@@ -279,6 +284,8 @@ COMMANDS = {
              default=10),
         _arg("--peak_tflops", "device peak in TFLOP/s; 0 = a matmul probe measures it",
              type=float, default=0.0),
+        _arg("--published_peak", "MFU against the devices' published dense bf16 peak "
+             "(bench.PUBLISHED_BF16_PEAKS)", action="store_true"),
         _arg("--compare", "hf: beside transformers' PyTorch model of the same shapes "
              "(t5x_lite/bench_compare.py); prints a markdown table", choices=["hf"]),
         _arg("--precision", "--compare: fp32, bf16 or fp32,bf16", default="fp32"),

@@ -1,10 +1,12 @@
 """Benchmark accounting: FLOPs per token by hand, and a real (tiny) bench run."""
 
+import jax
 import ml_collections
 import pytest
 
 from t5x_lite import bench
 from t5x_lite import config as config_lib
+from t5x_lite.errors import UserError
 from t5x_lite.families import decoder_only, encoder_decoder, encoder_only
 from tests.train.test_trainer import PRETRAIN
 
@@ -78,3 +80,24 @@ def test_bench_runs_every_family(variant, lengths, row_tokens):
             6 * (2 * (4 * 128 * 128 + 2 * 128 * 512) + 512 * 128 + 128 * 128) + 12 * 2 * 16 * 128
         )
     assert result.model_flops_per_token == pytest.approx(row_flops / row_tokens)
+
+
+@pytest.mark.parametrize(
+    "kind, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("TPU v5 lite", 197.0),
+        ("TPU v5", 459.0),
+        ("TPU v4", 275.0),
+    ],
+)
+def test_published_peaks_by_device_kind(kind, peak):
+    assert bench.published_peak_tflops(kind) == peak * jax.local_device_count()
+
+
+def test_an_unknown_device_kind_asks_for_a_peak():
+    with pytest.raises(UserError, match=r"device kind 'cpu' .* pass --peak_tflops=X instead"):
+        bench.published_peak_tflops("cpu")
