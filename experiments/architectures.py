@@ -14,8 +14,8 @@ paper's equal-FLOPs pairing of 2L and L layers.
 
 Presets:
   cpu    1,200 pretraining steps on the 1,800 training movie reviews, one pretraining
-         seed, six fine-tuning seeds, SST-2 with 2,000 labelled sentences. About 45
-         minutes on 2 CPU cores with --jobs=2.
+         seed, six fine-tuning seeds, SST-2 with 2,000 labelled sentences. 66 minutes
+         measured on 2 CPU cores with --jobs=2 (2.2 h of job time).
   paper  T5-base sized models on C4 (2^19 steps of 128 x 512), all of SST-2.
 
     t5x-lite sweep --sweep=experiments/architectures.py:cpu --workdir=runs/sweeps --jobs=2
