@@ -49,7 +49,7 @@ bench: $(STAMP)
 # README's side-by-side table. The shapes are the performance issue's (batch 8, d_model 512,
 # 8 layers of 8 heads, vocabulary 32,128, sequence 512; T5 512 in / 114 out, d_ff 1024):
 # gpt_small, roberta_small and t5_small with these overrides. Meant for a quiet machine
-# (~30 min on 2 cores); smaller: make bench-compare BENCH_SHAPES=--config.data.batch_size=2
+# (13 min on the 2-core EPYC); smaller: make bench-compare BENCH_SHAPES=--config.data.batch_size=2
 BENCH_SHAPES ?= --config.data.batch_size=8 --config.tokenizer.vocab_size=32128 \
 	--config.objective.seq_len=512 --config.model.num_layers=8 --config.model.num_heads=8
 BENCH_ARGS ?=
@@ -58,7 +58,7 @@ bench-compare: $(STAMP)
 		--output_json=runs/bench_compare.json $(BENCH_SHAPES) $(BENCH_ARGS)
 
 # Two of experiments/'s studies at CPU scale (experiments/README.md): does pretraining help
-# (each family and a real pretrained BERT), and T5's objectives: about 2 hours on 2 cores.
+# (each family and a real pretrained BERT), and T5's objectives: about 3 hours on 2 cores.
 # Rerun to resume; tables, plots and provenance land in runs/sweeps/<study>/.
 T5X_LITE_DATA_DIR ?= ../shared/data
 ablation: $(STAMP)
