@@ -21,12 +21,13 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/t5x-lite demo --workdir=runs/demo
 
-# Every test but the four multi-minute SST-2 end-to-end runs (~8 min).
+# Every test but the multi-minute end-to-end runs (~9 min on 2 cores).
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not e2e" tests
 
-# Those four (~15 min: the tiny GPT, BERT and T5 pretrained then fine-tuned, and the real
-# MiniLM fine-tuned and exported; they need T5X_LITE_DATA_DIR). CI runs them after `make test`.
+# Those (~16 min: the tiny GPT, BERT and T5 pretrained then fine-tuned, the real MiniLM
+# fine-tuned and exported, which need T5X_LITE_DATA_DIR; and benchmarks/device.sh at toy
+# shapes). CI runs them after `make test`.
 test-e2e: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) -m e2e tests
 

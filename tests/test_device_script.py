@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_device_script_benchmarks_both_models_at_toy_shapes():
     env = {**os.environ, "DEVICE_SMOKE": "1", "STEPS": "1", "PYTHON": sys.executable}
     out = subprocess.run(
