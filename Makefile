@@ -26,8 +26,8 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not e2e" tests
 
 # Those (~16 min: the tiny GPT, BERT and T5 pretrained then fine-tuned, the real MiniLM
-# fine-tuned and exported, which need T5X_LITE_DATA_DIR; and benchmarks/device.sh at toy
-# shapes). CI runs them after `make test`.
+# fine-tuned and exported, which need T5X_LITE_DATA_DIR; benchmarks/device.sh at toy shapes;
+# the two-process jax.distributed runs). CI runs them after `make test`.
 test-e2e: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) -m e2e tests
 

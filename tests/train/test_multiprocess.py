@@ -179,8 +179,7 @@ def _job_args(tmp_path, workdir):
     ]  # fmt: skip
 
 
-@pytest.mark.slow
-@pytest.mark.longest
+@pytest.mark.e2e  # ~50 s: with make test-e2e, which CI runs, to keep make test under 10 min
 def test_two_processes_resume_on_one(tmp_path):
     workdir = tmp_path / "two"
     args = _job_args(tmp_path, workdir)
@@ -208,7 +207,7 @@ def test_two_processes_resume_on_one(tmp_path):
     assert eval_one[6] == pytest.approx(eval_two[6], abs=1e-5)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # ~50 s: with make test-e2e, which CI runs
 def test_signal_to_one_process_stops_both_after_the_same_step(tmp_path):
     workdir = tmp_path / "two"
     args = _job_args(tmp_path, workdir)
