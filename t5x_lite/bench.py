@@ -62,11 +62,12 @@ PUBLISHED_BF16_PEAKS = (
 
 
 def published_peak_tflops(device_kind: str | None = None) -> float:
-    """The dense bf16 peak of all local devices, from `PUBLISHED_BF16_PEAKS`."""
+    """The dense bf16 peak of all the job's devices (the step's tokens are global), from
+    `PUBLISHED_BF16_PEAKS`."""
     kind = device_kind if device_kind is not None else jax.devices()[0].device_kind
     for prefix, peak in PUBLISHED_BF16_PEAKS:
         if kind.startswith(prefix):
-            return peak * jax.local_device_count()
+            return peak * jax.device_count()
     raise UserError(
         f"no published bf16 peak for device kind {kind!r} (known: "
         f"{', '.join(p for p, _ in PUBLISHED_BF16_PEAKS)}); pass --peak_tflops=X instead"
@@ -139,18 +140,22 @@ class CompiledStep:
         )
 
 
-def benchmark(config, *, steps: int, peak_tflops: float) -> BenchResult:
-    step = CompiledStep(config)
-    row_tokens, row_flops = step.tokens_and_flops()
-    tokens = config.data.batch_size * row_tokens
-    for _ in range(2):  # warm up caches and the allocator
-        step()
+def timed(step, steps: int) -> list[float]:
+    """Seconds of each of `steps` calls of `step`."""
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    step_time = float(np.median(times))
+    return times
+
+
+def benchmark(config, *, steps: int, peak_tflops: float) -> BenchResult:
+    step = CompiledStep(config)
+    row_tokens, row_flops = step.tokens_and_flops()
+    tokens = config.data.batch_size * row_tokens
+    timed(step, 2)  # warm up caches and the allocator
+    step_time = float(np.median(timed(step, steps)))
     source = "given"
     if not peak_tflops:
         peak_tflops, source = matmul_peak_tflops(), "fp32 matmul probe"

@@ -247,15 +247,6 @@ class TheirStep:
         _sync(self.torch, self.device)
 
 
-def _timed(step: Callable[[], None], steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _their_step(torch, device, family, config, ours: bench.CompiledStep, precision, torch_compile):
     """-> (TheirStep warmed up by two steps, its first step's seconds, memory MB)."""
     ids = {name: getattr(ours.vocab, name) for name in ("bos_id", "eos_id", "pad_id")}
@@ -266,7 +257,7 @@ def _their_step(torch, device, family, config, ours: bench.CompiledStep, precisi
                 torch, device, hf_dir, config, ours.host_batch,
                 bf16=precision == "bf16", torch_compile=torch_compile,
             )  # fmt: skip
-        first_s = _timed(theirs, 1)[0]  # torch.compile's compiling included
+        first_s = bench.timed(theirs, 1)[0]  # torch.compile's compiling included
         theirs()
     cuda_mb = device == "cuda" and torch.cuda.max_memory_allocated() / 2**20
     return theirs, first_s, cuda_mb or memory["mb"]
@@ -298,9 +289,9 @@ def compare_one(spec, config, precision, torch, device, peaks, *, steps, reps, t
     ours()  # warm-up, as theirs had
     times, row["rep_ratios"] = {"ours": [], "theirs": []}, []
     for _ in range(reps):
-        times["ours"] += _timed(ours, steps)
+        times["ours"] += bench.timed(ours, steps)
         if theirs is not None:
-            times["theirs"] += _timed(theirs, steps)
+            times["theirs"] += bench.timed(theirs, steps)
             rep = np.median(times["theirs"][-steps:]) / np.median(times["ours"][-steps:])
             row["rep_ratios"].append(float(rep))
     best = max(peaks.get(f"{framework}_{precision}", 0.0) for framework in ("jax", "torch"))
