@@ -289,7 +289,7 @@ def test_masked_positions_head_gives_the_full_heads_loss_and_gradients(tmp_path,
     for key in ("loss_sum", "correct_sum", "weight_sum"):
         np.testing.assert_allclose(masked[key], full[key], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(masked_grads), jax.tree.leaves(full_grads)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # sums in another order
 
     (_, capped), _ = loss_and_grads(runs[2])
     assert float(capped["weight_sum"]) == np.minimum(selected, 2).sum()
