@@ -22,7 +22,7 @@ import numpy as np
 def log_partition_and_target_logit(
     logits: jax.Array, targets: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """logits [..., vocab] float32, targets [...] int -> (log Z [...], logit of the target [...])."""
+    """logits [..., vocab] float32, targets [...] int -> (log Z, the target's logit), each [...]."""
     return _log_partition_and_target_logit(logits, targets)
 
 
