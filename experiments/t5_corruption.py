@@ -11,8 +11,8 @@ number of raw tokens per step only approximately.
 
 Presets:
   cpu    1,200 pretraining steps each on the 1,800 training movie reviews, one
-         pretraining seed, six fine-tuning seeds. About 50 minutes on 2 CPU cores
-         with --jobs=2.
+         pretraining seed, six fine-tuning seeds. 98 minutes on 2 CPU cores
+         with --jobs=2 (measured, other work beside it part of the time).
   paper  T5-base on C4 (2^19 steps of 128 x 512), all of SST-2.
 
     t5x-lite sweep --sweep=experiments/t5_corruption.py:cpu --workdir=runs/sweeps --jobs=2
