@@ -1,9 +1,9 @@
 """The residual Transformer block and the scanned, optionally rematerialized stack of them.
 
 Shared by every architecture so that one place decides how layers are stacked with
-`nn.scan` (compile time flat in depth; every parameter gets a leading 'layers' axis),
-what each remat policy keeps for the backward pass, and which compute dtypes, remat
-policies and attention implementations a config may name.
+`nn.scan` (every parameter gets a leading 'layers' axis), how far that loop is unrolled
+on each backend (`layer_unroll`), what each remat policy keeps for the backward pass,
+and which compute dtypes, remat policies and attention implementations a config may name.
 """
 
 from __future__ import annotations
@@ -116,6 +116,22 @@ class TransformerBlock(nn.Module):
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
 
 
+def layer_unroll(num_layers: int) -> int:
+    """How many layers one iteration of the scanned stack runs, on the backend that
+    traces the model.
+
+    On accelerators 1: a loop over layers keeps compile time flat in depth. XLA:CPU
+    instead runs the loop's bookkeeping as separate ops between the layers (zero-filled
+    gradient buffers, copies of the carry, dynamic slices and updates of the stacked
+    parameters): in gpt_tiny's fine-tuning step that was 30% of the op time, and
+    unrolling every layer took the step from ~142 to ~111 ms; the fp32 step of
+    `roberta_small` went from 4.7 to 3.6 s. The parameters keep their stacked layout
+    either way, so checkpoints do not depend on it; compile time grows with depth
+    (gpt_small, 8 layers: 4.1 -> 5.6 s).
+    """
+    return num_layers if jax.default_backend() == "cpu" else 1
+
+
 def scanned_stack(
     block_cls: type[nn.Module],
     *,
@@ -142,6 +158,7 @@ def scanned_stack(
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * num_broadcast_inputs,
         length=num_layers,
+        unroll=layer_unroll(num_layers),
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
     return scanned_cls(name=name, **block_fields)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from t5x_lite.errors import UserError
-from t5x_lite.models import ARCHITECTURES, build_model, layers
+from t5x_lite.models import ARCHITECTURES, build_model, layers, stack
 from t5x_lite.models.decoder_only import DecoderOnly, init_decode_cache
 from tests.models.helpers import LOGICAL_NAMES, fast_jit
 
@@ -351,6 +351,36 @@ def test_remat_policies_give_identical_loss_and_grads():
             nn.meta.unbox(grads),
             nn.meta.unbox(grads_none),
         )
+
+
+def test_unrolled_layers_equal_the_scanned_loop(monkeypatch):
+    """On CPU `stack.layer_unroll` unrolls every layer; the loss and gradients, dropout
+    included, equal those of the one-layer-per-iteration loop accelerators run."""
+    variables = variables_for(tie_embeddings=True)
+    batch = unpacked_batch(5)
+    model = build_model(tiny_config())
+    rngs = {"dropout": jax.random.key(7)}
+
+    def loss_fn(params):
+        logits = model.apply(params, batch, deterministic=False, rngs=rngs)["logits"]
+        return mean_loss(logits, batch["decoder_input_tokens"])
+
+    def lowered_and_results():
+        step = jax.jit(jax.value_and_grad(loss_fn))
+        return step.lower(variables).as_text(), step(variables)
+
+    assert stack.layer_unroll(2) == 2  # CPU
+    unrolled_text, (loss, grads) = lowered_and_results()
+    monkeypatch.setattr(stack, "layer_unroll", lambda num_layers: 1)
+    looped_text, (loss_looped, grads_looped) = lowered_and_results()
+    # The layer loop is gone (threefry's own loops remain in both).
+    assert unrolled_text.count("stablehlo.while") < looped_text.count("stablehlo.while")
+    np.testing.assert_allclose(loss, loss_looped, rtol=0, atol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
+        nn.meta.unbox(grads),
+        nn.meta.unbox(grads_looped),
+    )
 
 
 def test_bfloat16_compute_returns_float32_logits_close_to_float32():
