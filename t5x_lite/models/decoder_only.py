@@ -1,9 +1,10 @@
 """GPT-style decoder-only Transformer (causal or prefix LM) over packed rows.
 
 Learned absolute positions indexed by the per-token `decoder_positions` (so each packed
-document starts at position 0), pre-LayerNorm blocks stacked with `nn.scan` (compile time
-flat in depth; parameters get a leading 'layers' axis), optional per-layer remat, and an
-output head tied to the token embedding or a separate ('embed', 'vocab') kernel.
+document starts at position 0), pre-LayerNorm blocks stacked with `nn.scan` (parameters
+get a leading 'layers' axis; unrolled on CPU, `stack.layer_unroll`), optional per-layer
+remat, and an output head tied to the token embedding or a separate ('embed', 'vocab')
+kernel.
 
 An optional `decoder_prefix_mask` feature turns the causal LM into a prefix LM: prefix
 tokens attend to each other in both directions (`layers.prefix_lm_segment_mask`).
