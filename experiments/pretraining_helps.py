@@ -13,7 +13,7 @@ Presets:
             800 steps of 16 x 128 tokens; BERT: 600 of 32 x 128), one pretraining
             seed, six fine-tuning seeds per cell (MiniLM: one epoch, T5 six, the others three),
             SST-2 only. The verdicts are about fine-tuning seeds given that one
-            pretraining run per family. About 80 minutes on 2 CPU cores, --jobs=2.
+            pretraining run per family. About 85 minutes on 2 CPU cores, --jobs=2.
   cpu_full  the same plus the movie-review column for our models (each of those
             runs takes 3-4 minutes here). About 2.5 hours.
   paper     T5-base, BERT-base and a GPT-1-sized decoder pretrained on C4 as published
