@@ -366,7 +366,7 @@ def test_unrolled_layers_equal_the_scanned_loop(monkeypatch):
         return mean_loss(logits, batch["decoder_input_tokens"])
 
     def lowered_and_results():
-        step = jax.jit(jax.value_and_grad(loss_fn))
+        step = fast_jit(jax.value_and_grad(loss_fn))
         return step.lower(variables).as_text(), step(variables)
 
     assert stack.layer_unroll(2) == 2  # CPU
