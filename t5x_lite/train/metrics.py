@@ -16,6 +16,7 @@ every log leaves complete files in the workdir.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 
@@ -143,9 +144,25 @@ class RewrittenFile:
 
 
 def _tensorboard(logdir: str):
-    from tensorboardX import SummaryWriter  # no TensorFlow needed
+    return _summary_writer_class()(logdir)
 
-    return SummaryWriter(logdir)
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter (no TensorFlow needed), imported without PyTorch:
+    where torch is installed tensorboardX imports it at once, only to accept its tensors,
+    which cost every train and finetune command ~1.3 s of start-up. We log Python floats.
+    While `sys.modules["torch"]` is None an `import torch` raises ImportError, which
+    tensorboardX catches; torch stays importable afterwards."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 class _CopiedTensorBoard:
