@@ -124,17 +124,17 @@ def _text_to_text_labels(run, params, examples):
     generated = _generate(run, params, examples)
     word_index = {word: i for i, word in enumerate(words)}
     from_generation = np.array([word_index.get(text.strip(), -1) for text in generated])
-    # Ranked: log p(word | input) for every label word, one scoring row per pair.
+    # Ranked: log p(word | input) for every label word, each input encoded once.
     inputs = [_encoder_ids(run, example) for example in examples]
     word_ids = [_target_ids(run, word) for word in words]
-    scores = scoring.encoder_decoder_log_likelihoods(
+    scores = scoring.encoder_decoder_every_target_log_likelihoods(
         run.model,
         params,
-        [ids for ids in inputs for _ in words],
-        word_ids * len(examples),
+        inputs,
+        word_ids,
         batch_size=run.config.data.batch_size,
         decoder_start_id=run.tokenizer.bos_id,
-    ).reshape(len(examples), len(words))
+    )
     ranked = scores.argmax(-1)
     labels = run.config.task.labels
     rows = [

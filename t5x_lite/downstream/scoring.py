@@ -7,6 +7,14 @@ sorted by length so that each batch pads little; each batch is right-padded to
 lengths compiles only a handful of shapes. Token log-probabilities come back to the host
 and are summed there in float64.
 
+Where every context is scored with the same few continuations (in-context learning's
+label words after a long prompt of demonstrations, a T5 classifier's label words), the
+`*_every_*` functions run each context once: a decoder prefills its keys and values into
+the KV cache and scores every continuation from copies of it; an encoder-decoder encodes
+each input once and decodes every target against it. They equal the pairwise functions
+over all (context, continuation) pairs, at about 1 / (number of continuations) of the
+context's compute.
+
 Every log-probability is over the model's whole output vocabulary (as in training); no
 ids are masked out.
 """
@@ -103,14 +111,7 @@ def decoder_log_likelihoods(
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
     for index, (context, continuation) in enumerate(zip(contexts, continuations)):
-        if not len(context):
-            raise UserError(f"example {index} has an empty context; start it with BOS")
-        length = len(context) + len(continuation)
-        if length > model.max_len:
-            raise UserError(
-                f"example {index} is {length} tokens (context + continuation) but the model's "
-                f"context is {model.max_len}; use a shorter prompt or fewer shots"
-            )
+        _check_decoder_example(model, index, context, len(continuation))
     # The model reads every token but the last, and predicts every token but the first.
     sequences = [np.concatenate([c, t]) for c, t in zip(contexts, continuations)]
     totals = np.zeros(len(sequences), np.float64)
@@ -124,6 +125,95 @@ def decoder_log_likelihoods(
             start, stop = len(contexts[index]) - 1, len(sequences[index]) - 1
             totals[index] = log_probs[row, start:stop].sum()
     return totals
+
+
+def _check_decoder_example(model: DecoderOnly, index: int, context, continuation_length: int):
+    if not len(context):
+        raise UserError(f"example {index} has an empty context; start it with BOS")
+    length = len(context) + continuation_length
+    if length > model.max_len:
+        raise UserError(
+            f"example {index} is {length} tokens (context + continuation) but the model's "
+            f"context is {model.max_len}; use a shorter prompt or fewer shots"
+        )
+
+
+def decoder_every_continuation_log_likelihoods(
+    model: DecoderOnly,
+    params,
+    contexts: Sequence[np.ndarray],
+    continuations: Sequence[np.ndarray],
+    *,
+    batch_size: int,
+) -> np.ndarray:
+    """float64 [len(contexts), len(continuations)]: decoder_log_likelihoods of every
+    continuation after every context, each context run once (the module docstring).
+
+    contexts: non-empty 1-D id arrays (starting with BOS, say); continuations: non-empty
+    1-D id arrays; every context with the longest continuation must fit max_len.
+    """
+    _check_batch_size(batch_size)
+    contexts, continuations = _as_ids(contexts), _as_ids(continuations)
+    if not continuations or not all(len(c) for c in continuations):
+        raise UserError("continuations must be non-empty id sequences")
+    longest = max(len(c) for c in continuations)
+    for index, context in enumerate(contexts):
+        _check_decoder_example(model, index, context, longest)
+    words = _right_pad(continuations, len(continuations), longest)
+    word_lengths = np.array([len(c) for c in continuations], np.int32)
+    totals = np.zeros((len(contexts), len(continuations)), np.float64)
+    for indices in _batches([len(c) for c in contexts], batch_size):
+        length = bucket_length(max(len(contexts[i]) for i in indices), model.max_len)
+        batch = padded_features("decoder", [contexts[i] for i in indices], batch_size, length)
+        # Padding rows have no real token; give them one so "last" stays in range.
+        batch["decoder_segment_ids"][len(indices) :, 0] = 1
+        # Every row writes its continuation at its own length: at most length - 1 +
+        # longest - 1 slots, within max_len since each context fits with the longest.
+        cache_length = min(model.max_len, length + longest - 1)
+        first, rest = _every_continuation_log_probs(
+            model, params, batch, words, word_lengths, cache_length
+        )
+        rest = np.asarray(rest, np.float64).reshape(batch_size, len(continuations), -1)
+        scores = np.asarray(first, np.float64) + rest.sum(axis=-1)
+        totals[indices] = scores[: len(indices)]
+    return totals
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cache_length"))
+def _every_continuation_log_probs(model, params, batch, words, word_lengths, cache_length):
+    """Right-padded contexts [batch, length] and continuations int32 [n, longest] ->
+    (log p(each continuation's first token | context) float32 [batch, n],
+     log p of its later tokens, 0 past its end, float32 [batch * n, longest - 1])."""
+    from t5x_lite.models.decoder_only import init_decode_cache
+
+    rows, (num_words, longest) = batch["decoder_input_tokens"].shape[0], words.shape
+    cache = init_decode_cache(model, params, rows, cache_length)
+    outputs, mutated = model.apply(
+        {"params": params, "cache": cache}, batch, deterministic=True, decode=True,
+        mutable=["cache"],
+    )  # fmt: skip
+    last = jnp.sum(batch["decoder_segment_ids"] != 0, axis=1) - 1  # [rows]
+    logits = jnp.take_along_axis(outputs["logits"], last[:, None, None], axis=1)[:, 0]
+    first = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)[:, words[:, 0]]
+    if longest == 1:
+        return first, jnp.zeros((rows * num_words, 0), jnp.float32)
+
+    def repeat(path, leaf):  # row r -> rows r * n ... r * n + n - 1
+        in_layers = any(getattr(entry, "key", None) == "layers" for entry in path)
+        return jnp.repeat(leaf, num_words, axis=1 if in_layers else 0)
+
+    cache = jax.tree_util.tree_map_with_path(repeat, mutated["cache"])
+    real = (jnp.arange(longest - 1)[None] < word_lengths[:, None] - 1).astype(jnp.int32)
+    chunk = {  # each continuation but its last token, written at each row's own index
+        "decoder_input_tokens": jnp.tile(words[:, :-1], (rows, 1)),
+        "decoder_segment_ids": jnp.tile(real, (rows, 1)),
+    }
+    outputs, _ = model.apply(
+        {"params": params, "cache": cache}, chunk, deterministic=True, decode=True,
+        mutable=["cache"],
+    )  # fmt: skip
+    later = _gather_log_probs(outputs["logits"], jnp.tile(words[:, 1:], (rows, 1)))
+    return first, jnp.where(chunk["decoder_segment_ids"] != 0, later, 0.0)
 
 
 def decoder_next_log_probs(
@@ -172,13 +262,7 @@ def encoder_decoder_log_likelihoods(
     if len(inputs) != len(targets):
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
     for index, (input_ids, target) in enumerate(zip(inputs, targets)):
-        if not len(input_ids) or not len(target):
-            raise UserError(f"example {index} has an empty input or target")
-        if max_input_length is not None and len(input_ids) > max_input_length:
-            raise UserError(
-                f"example {index}'s input is {len(input_ids)} tokens but max_input_length is "
-                f"{max_input_length}; use a shorter prompt or fewer shots"
-            )
+        _check_encoder_decoder_example(index, input_ids, len(target), max_input_length)
     totals = np.zeros(len(inputs), np.float64)
     lengths = [max(len(i), len(t)) for i, t in zip(inputs, targets)]
     for indices in _batches(lengths, batch_size):
@@ -193,6 +277,65 @@ def encoder_decoder_log_likelihoods(
         for row, index in enumerate(indices):
             totals[index] = log_probs[row, : len(targets[index])].sum()
     return totals
+
+
+def _check_encoder_decoder_example(index, input_ids, target_length, max_input_length):
+    if not len(input_ids) or not target_length:
+        raise UserError(f"example {index} has an empty input or target")
+    if max_input_length is not None and len(input_ids) > max_input_length:
+        raise UserError(
+            f"example {index}'s input is {len(input_ids)} tokens but max_input_length is "
+            f"{max_input_length}; use a shorter prompt or fewer shots"
+        )
+
+
+def encoder_decoder_every_target_log_likelihoods(
+    model: EncoderDecoder,
+    params,
+    inputs: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    *,
+    batch_size: int,
+    decoder_start_id: int,
+    max_input_length: int | None = None,
+) -> np.ndarray:
+    """float64 [len(inputs), len(targets)]: encoder_decoder_log_likelihoods of every
+    target given every input, each input encoded once (the module docstring)."""
+    _check_batch_size(batch_size)
+    inputs, targets = _as_ids(inputs), _as_ids(targets)
+    if not targets or not all(len(t) for t in targets):
+        raise UserError("targets must be non-empty id sequences")
+    for index, input_ids in enumerate(inputs):
+        _check_encoder_decoder_example(index, input_ids, 1, max_input_length)
+    target_length = bucket_length(max(len(t) for t in targets))
+    decoder_inputs = [np.concatenate([[decoder_start_id], t[:-1]]) for t in targets]
+    decoder = padded_features("decoder", decoder_inputs, len(targets), target_length)
+    target_ids = _right_pad(targets, len(targets), target_length)
+    real = decoder["decoder_segment_ids"] != 0  # [n targets, target_length]
+    totals = np.zeros((len(inputs), len(targets)), np.float64)
+    for indices in _batches([len(i) for i in inputs], batch_size):
+        input_length = bucket_length(max(len(inputs[i]) for i in indices))
+        encoder = padded_features("encoder", [inputs[i] for i in indices], batch_size, input_length)
+        log_probs = _every_target_log_probs(model, params, encoder, decoder, target_ids)
+        log_probs = np.asarray(log_probs, np.float64).reshape(batch_size, len(targets), -1)
+        totals[indices] = np.where(real, log_probs, 0.0).sum(axis=-1)[: len(indices)]
+    return totals
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _every_target_log_probs(model, params, encoder, decoder, targets):
+    """Encoder features [batch, input_length]; every target's decoder features and ids
+    [n, target_length] -> log p(target tokens) float32 [batch * n, target_length] (row
+    b * n + t: target t given input b)."""
+    rows, num_targets = encoder["encoder_input_tokens"].shape[0], targets.shape[0]
+    encoded = model.apply({"params": params}, encoder, deterministic=True, method="encode")
+    pairs = {name: jnp.tile(value, (rows, 1)) for name, value in decoder.items()}
+    pairs["encoder_segment_ids"] = jnp.repeat(encoder["encoder_segment_ids"], num_targets, 0)
+    logits = model.apply(
+        {"params": params}, jnp.repeat(encoded, num_targets, axis=0), pairs,
+        deterministic=True, method="decode",
+    )  # fmt: skip
+    return _gather_log_probs(logits, jnp.tile(targets, (rows, 1)))
 
 
 def padded_features(side: str, rows: Sequence[np.ndarray], num_rows: int, length: int) -> dict:

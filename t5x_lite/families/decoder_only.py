@@ -94,13 +94,10 @@ class DecoderOnly(base.Family):
                     "shorter template, or config.icl.fit_context=True"
                 )
         contexts = [np.concatenate([[tokenizer.bos_id], ids]) for ids in prompt_ids]
-        return scoring.decoder_log_likelihoods(
-            model,
-            params,
-            [context for context in contexts for _ in word_ids],
-            [word for _ in contexts for word in word_ids],
-            batch_size=batch_size,
-        )
+        # Each prompt runs once; every label word is scored from its KV cache.
+        return scoring.decoder_every_continuation_log_likelihoods(
+            model, params, contexts, word_ids, batch_size=batch_size
+        ).reshape(-1)
 
     def context_fitter(self, model, tokenizer, label_words: Sequence[str]):
         longest_word = max(len(ids) for ids in tokenizer.encode_batch(list(label_words)))

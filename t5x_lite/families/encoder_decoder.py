@@ -120,11 +120,8 @@ class EncoderDecoder(base.Family):
             raise UserError("encoder_decoder in-context learning needs decoder_start_id")
         inputs = [np.append(ids, tokenizer.eos_id) for ids in prompt_ids]
         targets = [np.append(ids, tokenizer.eos_id) for ids in word_ids]
-        return scoring.encoder_decoder_log_likelihoods(
-            model,
-            params,
-            [input_ids for input_ids in inputs for _ in targets],
-            [target for _ in inputs for target in targets],
-            batch_size=batch_size,
+        # Each prompt is encoded once; every label word is decoded against it.
+        return scoring.encoder_decoder_every_target_log_likelihoods(
+            model, params, inputs, targets, batch_size=batch_size,
             decoder_start_id=decoder_start_id,
-        )
+        ).reshape(-1)  # fmt: skip

@@ -92,7 +92,8 @@ def test_decoder_classify_equals_scorer_and_evaluate_reads_only(tokenizer):
         expected = scoring.decoder_log_likelihoods(
             DECODER, params, [context] * 2, [tokenizer.encode(w) for w in WORDS], batch_size=4
         )
-        np.testing.assert_allclose(scores[row], expected, rtol=0, atol=1e-9)
+        # classify scores from the prompt's KV cache, the scorer by full forward passes.
+        np.testing.assert_allclose(scores[row], expected, rtol=0, atol=1e-5)
 
     results = icl.evaluate_in_context(
         "decoder_only", DECODER, params, tokenizer, TRAIN, TEST,
@@ -165,7 +166,8 @@ def test_encoder_decoder_classify_equals_scorer(tokenizer):
         [np.concatenate([tokenizer.encode(w), eos]) for w in WORDS],
         batch_size=2, decoder_start_id=tokenizer.bos_id,
     )  # fmt: skip
-    np.testing.assert_allclose(scores[0], expected, rtol=0, atol=1e-9)
+    # classify encodes the prompt once for both words, the scorer once per pair.
+    np.testing.assert_allclose(scores[0], expected, rtol=0, atol=1e-5)
     with pytest.raises(UserError, match="needs decoder_start_id"):
         icl.classify("encoder_decoder", ENCODER_DECODER, params, tokenizer, [prompt], WORDS,
                      batch_size=2)  # fmt: skip

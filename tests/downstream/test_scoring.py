@@ -121,3 +121,65 @@ def test_params_are_read_only():
     before = jax.tree.map(jnp.copy, params)
     scoring.decoder_log_likelihoods(DECODER, params, [[BOS, 5]], [[6, 7]], batch_size=1)
     jax.tree.map(np.testing.assert_array_equal, params, before)
+
+
+def test_decoder_every_continuation_equals_the_pairwise_scores():
+    """Each context prefilled once into the KV cache and every continuation scored from
+    a copy of it equals a forward pass per pair. Five contexts in batches of 2 (the last
+    padded; lengths crossing buckets; one that fills max_len with the longest
+    continuation), continuations of 1, 3 and 2 tokens."""
+    params = random_params(DECODER)
+    rng = np.random.default_rng(3)
+    words = [_random_ids(rng, n) for n in (1, 3, 2)]
+    lengths = [1, 7, 20, 12, DECODER.max_len - 3]
+    contexts = [np.concatenate([[BOS], _random_ids(rng, n - 1)]) for n in lengths]
+    got = scoring.decoder_every_continuation_log_likelihoods(
+        DECODER, params, contexts, words, batch_size=2
+    )
+    assert got.dtype == np.float64 and got.shape == (5, 3)
+    pairwise = scoring.decoder_log_likelihoods(
+        DECODER,
+        params,
+        [context for context in contexts for _ in words],
+        [word for _ in contexts for word in words],
+        batch_size=2,
+    )
+    np.testing.assert_allclose(got, pairwise.reshape(5, 3), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        got[1, 1], _manual_decoder(params, contexts[1], words[1]), rtol=0, atol=1e-5
+    )
+    with pytest.raises(UserError, match=r"example 0 is 65 tokens .* context is 64"):
+        scoring.decoder_every_continuation_log_likelihoods(
+            DECODER, params, [np.append(contexts[-1], 5)], words, batch_size=2
+        )
+    with pytest.raises(UserError, match="non-empty"):
+        scoring.decoder_every_continuation_log_likelihoods(
+            DECODER, params, contexts, [words[0], []], batch_size=2
+        )
+
+
+def test_encoder_decoder_every_target_equals_the_pairwise_scores():
+    """Each input encoded once and every target decoded against it equals a forward
+    pass per pair (three inputs in batches of 2, targets of 1, 4 and 2 tokens)."""
+    params = random_params(ENCODER_DECODER)
+    rng = np.random.default_rng(4)
+    inputs = [np.append(_random_ids(rng, n - 1), EOS) for n in (4, 19, 9)]
+    targets = [np.append(_random_ids(rng, n - 1), EOS) for n in (1, 4, 2)]
+    got = scoring.encoder_decoder_every_target_log_likelihoods(
+        ENCODER_DECODER, params, inputs, targets, batch_size=2, decoder_start_id=BOS
+    )
+    assert got.dtype == np.float64 and got.shape == (3, 3)
+    pairwise = scoring.encoder_decoder_log_likelihoods(
+        ENCODER_DECODER,
+        params,
+        [input_ids for input_ids in inputs for _ in targets],
+        [target for _ in inputs for target in targets],
+        batch_size=2,
+        decoder_start_id=BOS,
+    )
+    np.testing.assert_allclose(got, pairwise.reshape(3, 3), rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match="input is 19 tokens but max_input_length is 10"):
+        scoring.encoder_decoder_every_target_log_likelihoods(
+            ENCODER_DECODER, params, inputs, targets, batch_size=2, decoder_start_id=BOS,
+            max_input_length=10,
+        )  # fmt: skip
