@@ -154,6 +154,12 @@ def bucketing(data_config) -> tuple[int, int]:
     return data_config.get("bucket_multiple", 0), data_config.get("bucket_window", 0)
 
 
+def _read_only(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for value in batch.values():
+        value.flags.writeable = False
+    return batch
+
+
 def _join(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per-shard batches, in shard order -> this process's rows of the global batch."""
     if len(batches) == 1:
@@ -201,21 +207,37 @@ class ShardedIterator:
 
 
 class ShardedEval:
-    """A pass of `num_batches` host batches over the owned shards' eval pipelines."""
+    """A pass of `num_batches` host batches over the owned shards' eval pipelines.
+
+    The pipelines are deterministic, so the first pass (made by `local_num_batches`) keeps
+    its batches when they total at most `REPLAY_BYTES`, and every evaluation replays them
+    instead of tokenizing, masking and packing the split again (~0.65 s per evaluation
+    of SST-2's dev set); a larger split is read anew each time."""
+
+    REPLAY_BYTES = 256 * 2**20
 
     def __init__(self, pipelines: dict, empty_batch: dict, max_batches: int):
         self.pipelines, self.empty_batch, self.max_batches = pipelines, empty_batch, max_batches
         self.num_batches: int | None = None
         self._local: int | None = None
+        self._kept: list[list[dict]] | None = None  # per shard, when they fit
 
     def local_num_batches(self) -> int:
         """Batches this process's longest shard yields (at most max_batches); one pass,
-        made once (the eval pipelines are deterministic)."""
+        made once."""
         if self._local is None:
             limit = self.max_batches or None
-            self._local = max(
-                sum(1 for _ in itertools.islice(p, limit)) for p in self.pipelines.values()
-            )
+            kept: list[list[dict]] = [[] for _ in self.pipelines]
+            size, keep = 0, True
+            for shard_kept, pipeline in zip(kept, self.pipelines.values()):
+                for batch in itertools.islice(pipeline, limit):
+                    size += sum(value.nbytes for value in batch.values())
+                    keep = keep and size <= self.REPLAY_BYTES
+                    # Read-only, so a consumer that wrote into a batch would fail, not
+                    # change what the next evaluation sees.
+                    shard_kept.append(_read_only(batch) if keep else None)
+            self._local = max(len(shard_kept) for shard_kept in kept)
+            self._kept = kept if keep else None
         return self._local
 
     def set_num_batches(self, num_batches: int) -> None:
@@ -224,7 +246,9 @@ class ShardedEval:
     def __iter__(self):
         if self.num_batches is None and jax.process_count() > 1:
             raise RuntimeError("multi-process eval needs set_num_batches() agreed by all")
-        num_batches = self.local_num_batches() if self.num_batches is None else self.num_batches
-        iterators = [iter(p) for p in self.pipelines.values()]
+        local = self.local_num_batches()
+        num_batches = local if self.num_batches is None else self.num_batches
+        sources = self._kept if self._kept is not None else self.pipelines.values()
+        iterators = [iter(source) for source in sources]
         for _ in range(num_batches):
             yield _join([next(it, None) or self.empty_batch for it in iterators])

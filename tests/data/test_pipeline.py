@@ -397,3 +397,47 @@ def test_resuming_with_other_shards_says_to_set_num_shards():
         resumed.set_state(saved)
     (resumed,) = process_iterators(shard_config(num_shards=2), docs, 1)
     resumed.set_state(saved)
+
+
+def test_eval_passes_replay_the_first_one(monkeypatch):
+    """The first pass is kept (read-only) and later passes replay it without reading the
+    pipelines again; a split over ShardedEval.REPLAY_BYTES is read anew, the same."""
+    docs = [str(i) for i in range(10, 36)]
+    objective = CausalLM(seq_len=2, bos_id=tok_lib.BOS_ID, eos_id=tok_lib.EOS_ID)
+
+    def passes(num_shards):
+        dataset = inputs.eval_dataset(
+            shard_config(num_shards=num_shards), docs, NumberTokenizer(), objective,
+            process_index=0, process_count=1,
+        )  # fmt: skip
+        reads = []
+        for shard, pipeline in list(dataset.pipelines.items()):
+            dataset.pipelines[shard] = _Counted(pipeline, reads)
+        first, second = list(dataset), list(dataset)
+        return first, second, len(reads)
+
+    for num_shards in (1, 2):
+        first, second, reads = passes(num_shards)
+        assert reads == num_shards  # one pass per shard: the count, kept
+        assert len(first) >= 3
+        assert_batches_equal(second, first)
+    with pytest.raises(ValueError, match="read-only"):  # one shard: the kept batch itself
+        first_of_one = passes(1)[0]
+        first_of_one[0]["decoder_input_tokens"][0, 0] = 7
+
+    monkeypatch.setattr(inputs.ShardedEval, "REPLAY_BYTES", 10)
+    big_first, big_second, big_reads = passes(2)
+    assert big_reads == 2 * 3  # counted, then read by each of the two passes
+    assert_batches_equal(big_first, first)
+    assert_batches_equal(big_second, first)
+
+
+class _Counted:
+    """An iterable that records each iteration over the wrapped pipeline."""
+
+    def __init__(self, pipeline, reads: list):
+        self.pipeline, self.reads = pipeline, reads
+
+    def __iter__(self):
+        self.reads.append(1)
+        return iter(self.pipeline)
