@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite.errors import UserError
-from t5x_lite.models.decoder_only import DecoderOnly
+from t5x_lite.models.decoder_only import DecoderOnly, init_decode_cache
 from t5x_lite.models.encoder_decoder import EncoderDecoder
 
 MIN_BUCKET = 16  # shortest padded length: tiny inputs share one compile
@@ -184,8 +184,6 @@ def _every_continuation_log_probs(model, params, batch, words, word_lengths, cac
     """Right-padded contexts [batch, length] and continuations int32 [n, longest] ->
     (log p(each continuation's first token | context) float32 [batch, n],
      log p of its later tokens, 0 past its end, float32 [batch * n, longest - 1])."""
-    from t5x_lite.models.decoder_only import init_decode_cache
-
     rows, (num_words, longest) = batch["decoder_input_tokens"].shape[0], words.shape
     cache = init_decode_cache(model, params, rows, cache_length)
     outputs, mutated = model.apply(
