@@ -1,5 +1,5 @@
 """`t5x-lite bench --compare=hf`: our train step beside Hugging Face transformers'
-PyTorch model of the same shapes, in one process, alternating between the two.
+PyTorch model of the same shapes, each in its own process, alternating between the two.
 
     t5x-lite bench --compare=hf --precision=fp32,bf16 [--config=A.py:x,B.py:y] \
         [--config.data.batch_size=2 ...] [--torch_compile] [--output_json=PATH]
@@ -11,12 +11,14 @@ to each config that has its key). Their model is what `t5x-lite export` writes f
 ours, with our initial weights: the shapes match by construction (matmul parameters of
 both are counted). After two warm-up steps each, `reps` rounds of `steps` timed steps
 alternate (ours, theirs, ours, ...), so a busy stretch of a shared machine slows both.
+Ours runs here; theirs in a child process (bench_torch.py), so this one never imports
+torch, and each side waits while the other runs.
 Both are credited with our family's FLOPs (bench.py). bf16 is bf16 compute with fp32
 params on both sides (model.dtype=bfloat16; torch.autocast). MFU is over each side's own
 framework's square-matmul peak at that precision, and over the better of the two.
 Where torch's matmul at a precision runs 10x or more below its fp32 rate (bf16 on a CPU
 without bf16 instructions), that precision's HF column is skipped with a note.
-Memory: ours is the train state plus XLA's step temporaries; theirs the process's RSS
+Memory: ours is the train state plus XLA's step temporaries; theirs its process's RSS
 growth from loading the model through its warm-up steps (Linux; the first row's includes
 torch's one-time allocations), or torch's CUDA peak. torch uses its default threads
 (OMP_NUM_THREADS sets them): on a CPU that other jobs keep busy its OpenMP threads stall
@@ -36,16 +38,14 @@ import json
 import math
 import os
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from t5x_lite import bench, families
+from t5x_lite import bench, bench_torch, families
 from t5x_lite import config as config_lib
 from t5x_lite.errors import UserError
 
@@ -56,7 +56,7 @@ SAME_STEP = (
     ("loss.z_loss", "0.0"),  # transformers has none
     ("loss.label_smoothing", "0.0"),
 )
-DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+DTYPES = bench_torch.DTYPES
 # Square matmul probes, smallest first; a size whose one matmul takes longer than the
 # seconds each size gets ends the probe (torch's bf16 on a CPU without bf16 instructions
 # is ~20x slower than its fp32).
@@ -90,40 +90,9 @@ def load_configs(specs: Sequence[str], overrides, precision: str) -> list:
     ]
 
 
-def import_torch():
-    """(torch, its device, '') or (None, '', a one-line note on why no HF columns)."""
-    try:
-        import torch
-        import transformers
-    except ImportError as e:
-        return None, "", f"HF columns skipped: {e} (pip install torch transformers)"
-    transformers.logging.set_verbosity_error()  # load reports, tied-weights notes
-    transformers.utils.logging.disable_progress_bar()
-    return torch, "cuda" if torch.cuda.is_available() else "cpu", ""
-
-
-def _sync(torch, device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _best_tflops(matmul_of_size: Callable[[int], Callable[[], object]]) -> float:
-    best = 0.0
-    for size in PROBE_SIZES:
-        matmul, spent, runs = matmul_of_size(size), 0.0, 0
-        while runs < 2 or spent < PROBE_SECONDS:  # the first run compiles
-            start = time.perf_counter()
-            matmul()
-            elapsed = time.perf_counter() - start
-            spent, runs, best = spent + elapsed, runs + 1, max(best, 2 * size**3 / elapsed)
-        if elapsed > PROBE_SECONDS:
-            break
-    return best / 1e12
-
-
-def matmul_peaks(torch, device: str) -> dict[str, float]:
+def matmul_peaks(torch_side: bench_torch.TorchSide | None) -> dict[str, float]:
     """Square-matmul TFLOP/s, the best over sizes and repeats, of each framework at each
-    precision (JAX's times its device count, as bench.py's)."""
+    precision (JAX's times its device count, as bench.py's; torch's in its own process)."""
     jax_matmul, peaks = jax.jit(lambda a, b: a @ b), {}
     for name, dtype in DTYPES.items():
 
@@ -131,13 +100,10 @@ def matmul_peaks(torch, device: str) -> dict[str, float]:
             a = jnp.ones((size, size), dtype)
             return lambda: jax_matmul(a, a).block_until_ready()
 
-        def torch_of_size(size, dtype=dtype):
-            a = torch.ones((size, size), dtype=getattr(torch, dtype), device=device)
-            return lambda: (a @ a, _sync(torch, device))
-
-        peaks[f"jax_{name}"] = _best_tflops(jax_of_size) * jax.device_count()
-        if torch is not None:
-            peaks[f"torch_{name}"] = _best_tflops(torch_of_size)
+        best = bench_torch.best_tflops(jax_of_size, PROBE_SIZES, PROBE_SECONDS)
+        peaks[f"jax_{name}"] = best * jax.device_count()
+    if torch_side is not None:
+        peaks.update(torch_side.peaks(PROBE_SIZES, PROBE_SECONDS))
     return peaks
 
 
@@ -152,50 +118,12 @@ def slow_torch_note(precision: str, peaks: dict[str, float]) -> str:
     )
 
 
-@contextlib.contextmanager
-def _rss_growth():
-    """Samples the process's resident memory every millisecond while the block runs;
-    yields a dict whose "mb" is then its growth to the peak (NaN where there is no /proc)."""
-    growth = {"mb": math.nan}
-    if not os.path.exists("/proc/self/statm"):
-        yield growth
-        return
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    start, peak, done = rss(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.001):
-            peak[0] = max(peak[0], rss())
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield growth
-    finally:
-        done.set()
-        thread.join()
-    growth["mb"] = (max(peak[0], rss()) - start) / 2**20
-
-
 def our_matmul_params(params) -> int:
     """Every kernel, and the token embedding where it is also the output layer."""
     flat = traverse_util.flatten_dict(params)
     kernels = sum(value.size for path, value in flat.items() if path[-1].endswith("kernel"))
     tied = not any(path[-1] == "logits_kernel" for path in flat)
     return kernels + (flat["token_embed", "embedding"].size if tied else 0)
-
-
-def hf_matmul_params(model) -> int:
-    """Every linear layer's weight (GPT-2's Conv1D too; a tied output layer counted)."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    linear = (torch.nn.Linear, Conv1D)
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, linear))
 
 
 def hf_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -212,58 +140,25 @@ def hf_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-class TheirStep:
-    """transformers' model of an exported directory trained with torch's AdamW; a call
-    runs one step and waits for it."""
-
-    def __init__(self, torch, device, hf_dir, config, batch, *, bf16: bool, torch_compile: bool):
-        import transformers
-
-        self.torch, self.device, self.bf16 = torch, device, bf16
-        self.hf_model = transformers.AutoConfig.from_pretrained(hf_dir).architectures[0]
-        model = getattr(transformers, self.hf_model).from_pretrained(hf_dir, dtype=torch.float32)
-        model = model.to(device).train()
-        self.matmul_params, self.params = hf_matmul_params(model), list(model.parameters())
-        opt = config.optimizer
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps,
-            weight_decay=opt.weight_decay, fused=True,
-        )  # fmt: skip
-        self.clip = opt.grad_clip_norm
-        self.model = torch.compile(model) if torch_compile else model
-        self.inputs = {
-            name: torch.as_tensor(value, dtype=torch.long, device=device)
-            for name, value in hf_inputs(batch).items()
-        }
-
-    def __call__(self) -> None:
-        with self.torch.autocast(self.device, dtype=self.torch.bfloat16, enabled=self.bf16):
-            loss = self.model(**self.inputs).loss
-        loss.backward()
-        if self.clip > 0:
-            self.torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        _sync(self.torch, self.device)
-
-
-def _their_step(torch, device, family, config, ours: bench.CompiledStep, precision, torch_compile):
-    """-> (TheirStep warmed up by two steps, its first step's seconds, memory MB)."""
+def _load_theirs(torch_side, family, config, ours: bench.CompiledStep, precision, torch_compile):
+    """Exports our initial weights (before our first step donates them) and has the
+    PyTorch side load them and warm up: -> its hf_model, matmul_params, first_step_s
+    (torch.compile's compiling included) and memory_mb."""
     ids = {name: getattr(ours.vocab, name) for name in ("bos_id", "eos_id", "pad_id")}
-    with _rss_growth() as memory:
-        with tempfile.TemporaryDirectory() as hf_dir:  # before our first step donates them
-            family.export_hf(config.model, ours.state.params, hf_dir, labels=(), special_ids=ids)
-            theirs = TheirStep(
-                torch, device, hf_dir, config, ours.host_batch,
-                bf16=precision == "bf16", torch_compile=torch_compile,
-            )  # fmt: skip
-        first_s = bench.timed(theirs, 1)[0]  # torch.compile's compiling included
-        theirs()
-    cuda_mb = device == "cuda" and torch.cuda.max_memory_allocated() / 2**20
-    return theirs, first_s, cuda_mb or memory["mb"]
+    opt = config.optimizer
+    optimizer = dict(
+        learning_rate=opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+        weight_decay=opt.weight_decay, grad_clip_norm=opt.grad_clip_norm,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as hf_dir:
+        family.export_hf(config.model, ours.state.params, hf_dir, labels=(), special_ids=ids)
+        return torch_side.load(
+            hf_dir, optimizer, hf_inputs(ours.host_batch),
+            bf16=precision == "bf16", torch_compile=torch_compile,
+        )  # fmt: skip
 
 
-def compare_one(spec, config, precision, torch, device, peaks, *, steps, reps, torch_compile):
+def compare_one(spec, config, precision, torch_side, peaks, *, steps, reps, torch_compile):
     """One config at one precision -> its row: both sides' figures ('theirs_*' NaN
     without torch) and their ratio, theirs / ours step time (> 1: ours is faster)."""
     family = families.get(config.model.arch)
@@ -276,22 +171,23 @@ def compare_one(spec, config, precision, torch, device, peaks, *, steps, reps, t
         ours_memory_mb=ours.state_memory_mb + ours.temp_memory_mb,
         ours_matmul_params=our_matmul_params(ours.state.params),
         theirs_first_step_s=math.nan, theirs_memory_mb=math.nan, theirs_matmul_params=0,
-        note=slow_torch_note(precision, peaks) if torch is not None else "",
+        note=slow_torch_note(precision, peaks) if torch_side is not None else "",
     )  # fmt: skip
-    theirs = None
-    if torch is not None and not row["note"]:
-        theirs, row["theirs_first_step_s"], row["theirs_memory_mb"] = _their_step(
-            torch, device, family, config, ours, precision, torch_compile
-        )
-        row["hf_model"] = theirs.hf_model + (" + torch.compile" if torch_compile else "")
-        row["theirs_matmul_params"] = theirs.matmul_params
+    theirs = torch_side is not None and not row["note"]
+    if theirs:
+        loaded = _load_theirs(torch_side, family, config, ours, precision, torch_compile)
+        row["hf_model"] = loaded["hf_model"] + (" + torch.compile" if torch_compile else "")
+        row["theirs_first_step_s"], row["theirs_memory_mb"] = (
+            loaded["first_step_s"], loaded["memory_mb"],
+        )  # fmt: skip
+        row["theirs_matmul_params"] = loaded["matmul_params"]
     ours()
     ours()  # warm-up, as theirs had
     times, row["rep_ratios"] = {"ours": [], "theirs": []}, []
     for _ in range(reps):
         times["ours"] += bench.timed(ours, steps)
-        if theirs is not None:
-            times["theirs"] += bench.timed(theirs, steps)
+        if theirs:
+            times["theirs"] += torch_side.time(steps)
             rep = np.median(times["theirs"][-steps:]) / np.median(times["ours"][-steps:])
             row["rep_ratios"].append(float(rep))
     best = max(peaks.get(f"{framework}_{precision}", 0.0) for framework in ("jax", "torch"))
@@ -307,22 +203,32 @@ def compare_one(spec, config, precision, torch, device, peaks, *, steps, reps, t
     return row
 
 
+def open_torch_side() -> tuple[bench_torch.TorchSide | None, str]:
+    """The PyTorch side in its own process and a line on it, or None and a note on why
+    there is no HF column (no torch or transformers here)."""
+    side = bench_torch.TorchSide()
+    line = side.hello()
+    if line is None:
+        side.close()
+        return None, side.missing
+    return side, line
+
+
 def compare(specs, overrides=(), *, precisions=("fp32",), steps=5, reps=3, torch_compile=False):
     """-> (rows, matmul peaks, a line on the frameworks): every spec at every precision."""
     configs = {
         precision: load_configs(specs, list(overrides), precision) for precision in precisions
     }
-    torch, device, note = import_torch()
-    peaks = matmul_peaks(torch, device)
+    torch_side, torch_line = open_torch_side()
+    with torch_side or contextlib.nullcontext():
+        peaks = matmul_peaks(torch_side)
+        options = dict(steps=steps, reps=reps, torch_compile=torch_compile)
+        rows = [
+            compare_one(spec, config, precision, torch_side, peaks, **options)
+            for precision in precisions
+            for spec, config in zip(specs, configs[precision])
+        ]
     jax_line = f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}"
-    torch_line = (
-        note or f"PyTorch {torch.__version__} on {device} ({torch.get_num_threads()} threads)"
-    )
-    options = dict(steps=steps, reps=reps, torch_compile=torch_compile)
-    rows = []
-    for precision in precisions:
-        for spec, config in zip(specs, configs[precision]):
-            rows.append(compare_one(spec, config, precision, torch, device, peaks, **options))
     return rows, peaks, f"{jax_line}; {torch_line}"
 
 

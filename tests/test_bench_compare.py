@@ -4,10 +4,15 @@ timing is asserted: the step times only have to exist."""
 
 import json
 import math
+import os
+import pickle
+import subprocess
+import sys
+import threading
 
 import pytest
 
-from t5x_lite import bench_compare, main
+from t5x_lite import bench_compare, bench_torch, main
 from t5x_lite.errors import UserError
 from tests.train.test_trainer import PRETRAIN
 
@@ -87,7 +92,7 @@ def test_table_has_a_line_per_row_and_every_column(compared):
 
 def test_without_torch_the_hf_columns_are_empty(monkeypatch, capsys):
     note = "HF columns skipped: No module named 'torch' (pip install torch transformers)"
-    monkeypatch.setattr(bench_compare, "import_torch", lambda: (None, "", note))
+    monkeypatch.setattr(bench_compare, "open_torch_side", lambda: (None, note))
     rows = bench_compare.run_and_report(SPECS[:1], TINY_GPT, precisions=("bf16",), steps=1, reps=1)
     assert rows[0]["ours_step_s"] > 0 and math.isnan(rows[0]["theirs_step_s"])
     out = capsys.readouterr().out
@@ -126,3 +131,60 @@ def test_a_precision_torch_has_no_kernels_for_is_skipped_with_a_note():
     assert bench_compare.slow_torch_note("bf16", {**peaks, "torch_bf16": 2.0}) == ""  # AMX
     assert bench_compare.slow_torch_note("bf16", {**peaks, "torch_bf16": 0.035}) == ""  # 10x
     assert bench_compare.slow_torch_note("bf16", {"jax_bf16": 0.2}) == ""  # no torch
+
+
+def test_our_step_runs_in_a_process_without_torch(tmp_path):
+    """The point of the PyTorch side's own process: ours shares no threads, allocator or
+    heap with torch, so the process that times our step never imports it."""
+    pytest.importorskip("transformers")
+    script = f"""
+import sys
+from t5x_lite import bench_compare
+bench_compare.PROBE_SIZES, bench_compare.PROBE_SECONDS = (64,), 0.01
+rows, peaks, frameworks = bench_compare.compare(
+    [{SPECS[0]!r}], {TINY_GPT!r}, precisions=("fp32",), steps=1, reps=1
+)
+assert rows[0]["theirs_step_s"] > 0 and "torch_fp32" in peaks, rows
+assert "PyTorch" in frameworks, frameworks
+assert "torch" not in sys.modules and "transformers" not in sys.modules
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr
+
+
+def _pipe():
+    read_fd, write_fd = os.pipe()
+    return os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
+
+
+def test_the_torch_side_reports_its_errors_and_a_missing_torch(monkeypatch):
+    pytest.importorskip("transformers")
+    with bench_torch.TorchSide() as side:
+        assert side.hello().startswith("PyTorch ")
+        options = dict(bf16=False, torch_compile=False)
+        with pytest.raises(RuntimeError, match="PyTorch side of bench --compare failed"):
+            side.load("/nonexistent/hf_dir", {}, {}, **options)
+        assert side.hello().startswith("PyTorch ")  # still serving after the error
+    with bench_torch.TorchSide() as side:
+        side._process.kill()
+        with pytest.raises(RuntimeError, match=r"exited \(code -9\) during hello; killed"):
+            side.hello()
+
+    def no_torch():
+        raise ImportError("No module named 'torch'")
+
+    monkeypatch.setattr(bench_torch, "_Child", no_torch)
+    (requests_r, requests_w), (replies_r, replies_w) = _pipe(), _pipe()
+    server = threading.Thread(target=bench_torch._serve, args=(requests_r, replies_w))
+    server.start()
+    for request in (("hello",), ("close",)):
+        pickle.dump(request, requests_w)
+        requests_w.flush()
+    assert pickle.load(replies_r) == (
+        "missing", "HF columns skipped: No module named 'torch' (pip install torch transformers)"
+    )  # fmt: skip
+    server.join(10)
+    assert not server.is_alive()
