@@ -33,7 +33,7 @@ import re
 import signal
 import sys
 
-from t5x_lite import api, compile_cache
+from t5x_lite import api, compile_cache, host_memory
 from t5x_lite.errors import Interrupted, UserError
 
 
@@ -335,6 +335,12 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def run() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:  # before JAX starts its threads (host_memory.py)
+        if host_memory.wanted():
+            host_memory.keep_freed_memory()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     # A preempted or killed job (SIGTERM) stops the way Ctrl-C does (the training loop
     # turns both into a stop after the current step; see trainer.stop_requests).
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
