@@ -11,16 +11,18 @@ not the system time: the zeroing is the cost.) `keep_freed_memory()` has malloc 
 every thread from the main heap (one arena), never mmap a chunk, and never give freed
 memory back (`mallopt`: M_ARENA_MAX 1, M_MMAP_MAX 0, M_TRIM_THRESHOLD -1). Once the
 heap has settled, a step reuses pages it already has: no page faults, and the step is
-~20% faster (`gpt_small` 13.3-13.8 s -> 10.7 s, `t5_small` 12.5-13.9 s -> 10.7-10.9 s,
-medians of five steps).
+faster (medians of five steps alone: `gpt_small` 13.3-13.8 s -> 10.7 s, `t5_small`
+12.5-13.9 s -> 10.7-10.9 s; in `bench --compare` runs: 13.5 -> 8.8 s and 14.1 -> 8.3 s,
+`roberta_small` 10.7 -> 6.5 s).
 
-Why it is not the default: with glibc 2.36 (Debian 12) the heap can take several
-copies of the temporaries before it settles. An aligned allocation (XLA's) needs a hole
-larger than the chunk it freed, so a freed temporary that small allocations have since
-fenced in is not reused. Seen on `t5_small`: resident memory 6.4 -> 11.0 -> 15.7 GB
-over the first three steps, then steady; in other runs none or one extra copy. Turn it
-on where memory is ample. The CLI applies it before JAX starts; elsewhere nothing
-changes. Where the C library is not glibc it does nothing.
+Why it is not the default: the heap can take several copies of the temporaries before
+it settles. Seen on `t5_small` with glibc 2.36 (Debian 12): resident memory 6.4 -> 11.0
+-> 15.7 GB over the first three steps, then steady; in another run one extra copy at
+step 2 and another at step 9. The likely cause (not proven): an aligned allocation,
+as XLA's are, needs a hole larger than the chunk it freed, so a freed temporary that
+small allocations have since fenced in is not reused. Turn it on where memory allows
+about three times the step's temporaries. The CLI applies it before JAX starts;
+elsewhere nothing changes. Where the C library is not glibc it does nothing.
 """
 
 from __future__ import annotations
