@@ -24,6 +24,7 @@ import numpy as np
 
 from t5x_lite import families
 from t5x_lite import tokenizer as tokenizer_lib
+from t5x_lite.bench_torch import timed  # torch-free: the PyTorch side times its steps too
 from t5x_lite.errors import UserError
 from t5x_lite.train import partitioning, trainer
 
@@ -138,16 +139,6 @@ class CompiledStep:
         return family.row_tokens_and_flops(
             self.run.config.model, self.run.objective.feature_lengths()
         )
-
-
-def timed(step, steps: int) -> list[float]:
-    """Seconds of each of `steps` calls of `step`."""
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def benchmark(config, *, steps: int, peak_tflops: float) -> BenchResult:
