@@ -51,6 +51,7 @@ bench: $(STAMP)
 # 8 layers of 8 heads, vocabulary 32,128, sequence 512; T5 512 in / 114 out, d_ff 1024):
 # gpt_small, roberta_small and t5_small with these overrides. Meant for a quiet machine
 # (13 min on the 2-core EPYC); smaller: make bench-compare BENCH_SHAPES=--config.data.batch_size=2
+# The README's opt-in rows: T5X_LITE_KEEP_FREED_MEMORY=1 make bench-compare BENCH_ARGS=--precision=fp32
 BENCH_SHAPES ?= --config.data.batch_size=8 --config.tokenizer.vocab_size=32128 \
 	--config.objective.seq_len=512 --config.model.num_layers=8 --config.model.num_heads=8
 BENCH_ARGS ?=
