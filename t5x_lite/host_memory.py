@@ -12,8 +12,8 @@ every thread from the main heap (one arena), never mmap a chunk, and never give 
 memory back (`mallopt`: M_ARENA_MAX 1, M_MMAP_MAX 0, M_TRIM_THRESHOLD -1). Once the
 heap has settled, a step reuses pages it already has: no page faults, and the step is
 faster (medians of five steps alone: `gpt_small` 13.3-13.8 s -> 10.7 s, `t5_small`
-12.5-13.9 s -> 10.7-10.9 s; in `bench --compare` runs: 13.5 -> 8.8 s and 14.1 -> 8.3 s,
-`roberta_small` 10.7 -> 6.5 s).
+12.5-13.9 s -> 10.7-10.9 s; in two consecutive `make bench-compare` runs, off then on:
+13.5 -> 8.8 s, 14.1 -> 8.3 s, `roberta_small` 10.7 -> 6.5 s).
 
 Why it is not the default: the heap can take several copies of the temporaries before
 it settles. Seen on `t5_small` with glibc 2.36 (Debian 12): resident memory 6.4 -> 11.0
