@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_lite.models import layers
+from t5x_lite.models import layers, recompute
 
 MLP_KINDS = ("relu", "gated_gelu")  # T5 1.0 | T5 1.1
 CACHE_KINDS = ("none", "self", "cross")  # see T5Attention
@@ -122,11 +122,7 @@ def biased_attention_core(query, key, value, mask, bias, impl: str) -> jax.Array
         return jax.nn.dot_product_attention(
             query, key, value, bias=bias.astype(query.dtype), mask=mask, scale=1.0
         )
-    # [batch, heads, q_length, k_length]
-    scores = jnp.einsum("blhd,bshd->bhls", query, key, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask, scores + bias, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-    return jnp.einsum("bhls,bshd->blhd", weights, value)
+    return recompute.softmax_attention(query, key, value, mask, bias, 1.0)
 
 
 class T5Attention(nn.Module):
@@ -231,7 +227,9 @@ class T5Mlp(nn.Module):
     dtype: str
     deterministic: bool
 
-    def _dense(self, features: int, axes: layers.AxisNames, name: str) -> layers.DenseGeneral:
+    def _dense(
+        self, features: int, axes: layers.AxisNames, name: str, activation=None
+    ) -> layers.DenseGeneral:
         return layers.DenseGeneral(
             features=(features,),
             contract_axes=1,
@@ -239,6 +237,7 @@ class T5Mlp(nn.Module):
             use_bias=False,
             dtype=self.dtype,
             kernel_init=layers.fan_in_init(1),
+            activation=activation,
             name=name,
         )
 
@@ -246,14 +245,29 @@ class T5Mlp(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [batch, length, embed] -> [batch, length, embed]."""
         if self.mlp == "relu":
-            hidden = jax.nn.relu(self._dense(self.d_ff, ("embed", "mlp"), "wi")(x))
+            activation = jax.nn.relu
+            pre_activations = (self._dense(self.d_ff, ("embed", "mlp"), "wi")(x),)
         else:
-            gate = layers.ACTIVATIONS["gelu_tanh"](
-                self._dense(self.d_ff, ("embed", "mlp"), "wi_0")(x)
+            activation = gated_gelu
+            pre_activations = tuple(
+                self._dense(self.d_ff, ("embed", "mlp"), name)(x) for name in ("wi_0", "wi_1")
             )
-            hidden = gate * self._dense(self.d_ff, ("embed", "mlp"), "wi_1")(x)
-        # [batch, length, mlp]
-        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
-        hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=self.deterministic)
-        out = self._dense(x.shape[-1], ("mlp", "embed"), "wo")(hidden)
+        # [batch, length, mlp] each
+        pre_activations = tuple(
+            nn.with_logical_constraint(h, ("batch", "length", "mlp")) for h in pre_activations
+        )
+        wo_axes = ("mlp", "embed")
+        if self.deterministic or not self.dropout_rate:
+            # `wo` applies the activation and recomputes it in the backward pass.
+            out = self._dense(x.shape[-1], wo_axes, "wo", activation)(*pre_activations)
+        else:
+            hidden = nn.Dropout(self.dropout_rate)(
+                activation(*pre_activations), deterministic=False
+            )
+            out = self._dense(x.shape[-1], wo_axes, "wo")(hidden)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+
+def gated_gelu(gate: jax.Array, linear: jax.Array) -> jax.Array:
+    """T5 1.1's gated GELU: gelu_tanh(gate) * linear."""
+    return layers.ACTIVATIONS["gelu_tanh"](gate) * linear
