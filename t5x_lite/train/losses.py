@@ -66,10 +66,14 @@ def cross_entropy(
     s / V everywhere (so the target gets 1 - s + s / V). The z-loss adds
     `z_loss * log(Z)^2` per position, pulling the log-partition towards 0.
     """
-    logits = logits.astype(jnp.float32)
-    weights = weights.astype(jnp.float32)
     vocab = logits.shape[-1]
-    log_z, target_logit = log_partition_and_target_logit(logits, targets)  # [batch, length]
+    # Flat [positions, vocab], the layout of the head's 2-D matmul: without a reshape
+    # between them, XLA writes the logits' gradient over the logits in place (at a 32k
+    # vocabulary and 4k positions, 0.5 GB fewer temporaries).
+    logits = logits.astype(jnp.float32).reshape(-1, vocab)
+    targets = targets.reshape(-1)
+    weights = weights.astype(jnp.float32).reshape(-1)
+    log_z, target_logit = log_partition_and_target_logit(logits, targets)  # [positions]
     target_log_prob = target_logit - log_z
     nll = -target_log_prob
     if label_smoothing:
