@@ -249,11 +249,9 @@ class LayerNorm(nn.Module):
             PARAM_DTYPE,
         )
         # bf16 means/variances lose too much precision; normalize in float32.
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=-1, keepdims=True)
-        variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        normed = (x32 - mean) * jax.lax.rsqrt(variance + self.epsilon)
-        return (normed * scale + bias).astype(jnp.dtype(self.dtype))
+        return recompute.normalize(
+            x, scale, bias, self.epsilon, center=True, dtype=jnp.dtype(self.dtype)
+        )
 
 
 class ClassifierHead(nn.Module):

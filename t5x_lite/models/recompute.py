@@ -7,11 +7,12 @@ third of the step's time. Autodiff keeps, per layer:
 
 - of softmax attention, the masked scores, the probabilities and a per-head copy of the
   mask, three arrays of [batch, heads, q_length, kv_length] (144 MB a layer there);
-- of a GELU between two matmuls, five arrays of [batch, length, mlp].
+- of a GELU between two matmuls, five arrays of [batch, length, mlp];
+- of a LayerNorm, three arrays of [batch, length, embed] besides its input.
 
 The custom gradients here keep only the inputs (and the softmax's row statistics) and
 recompute the rest in the backward pass: for attention the one extra q k^T matmul that
-flash attention also pays, for the activation elementwise work.
+flash attention also pays, for the activation and the norms elementwise work.
 
 A recomputation must neither be merged with the forward pass's identical ops (CSE) nor
 be scheduled before the backward pass reaches its layer: either keeps the array alive
@@ -146,3 +147,58 @@ def _activated_matmul_backward(activation, residuals, d_out):
 
 
 activated_matmul.defvjp(_activated_matmul_forward, _activated_matmul_backward)
+
+
+# LayerNorm and RMSNorm over the last axis, in float32
+
+
+def _normalize_forward(x, scale, bias, epsilon, center, dtype):
+    # The ops of layers.LayerNorm and t5_layers.RMSNorm before they used this.
+    x32 = x.astype(jnp.float32)
+    if center:
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        inv = jax.lax.rsqrt(jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True) + epsilon)
+        normed = (x32 - mean) * inv
+    else:
+        mean = None
+        inv = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + epsilon)
+        normed = x32 * inv
+    y = normed * scale if bias is None else normed * scale + bias
+    return y.astype(dtype), (x, scale, bias, mean, inv)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def normalize(x, scale, bias, epsilon: float, center: bool, dtype) -> jax.Array:
+    """LayerNorm (center=True: (x - mean) / sqrt(var + eps) * scale + bias) or RMSNorm
+    (center=False, bias None: x / sqrt(mean(x^2) + eps) * scale) over the last axis,
+    computed in float32, returned in `dtype`. The backward pass keeps x and the per-row
+    statistics and recomputes the normalized values."""
+    return _normalize_forward(x, scale, bias, epsilon, center, dtype)[0]
+
+
+def _normalize_backward(epsilon, center, dtype, residuals, d_y):
+    x, scale, bias, mean, inv = residuals
+    # The statistics and the scale too: XLA materializes their [..., embed] broadcasts
+    # in the forward pass and would keep those for this one.
+    x, inv, scale = _tied(d_y, x, inv, scale)
+    if center:
+        (mean,) = _tied(d_y, mean)
+    x32 = x.astype(jnp.float32)
+    normed = ((x32 - mean) if center else x32) * inv
+    d_y = d_y.astype(jnp.float32)
+    lead = tuple(range(x.ndim - 1))
+    d_scale = jnp.sum(d_y * normed, axis=lead).astype(scale.dtype)
+    d_bias = None if bias is None else jnp.sum(d_y, axis=lead).astype(bias.dtype)
+    d_normed = d_y * scale
+    d_x = d_normed - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True)
+    if center:
+        d_x = d_x - jnp.mean(d_normed, axis=-1, keepdims=True)
+    return (inv * d_x).astype(x.dtype), d_scale, d_bias
+
+
+normalize.defvjp(
+    lambda x, scale, bias, epsilon, center, dtype: _normalize_forward(
+        x, scale, bias, epsilon, center, dtype
+    ),
+    _normalize_backward,
+)

@@ -46,10 +46,9 @@ class RMSNorm(nn.Module):
             (x.shape[-1],),
             layers.PARAM_DTYPE,
         )
-        x32 = x.astype(jnp.float32)
-        mean_square = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        normed = x32 * jax.lax.rsqrt(mean_square + self.epsilon)
-        return (normed * scale).astype(jnp.dtype(self.dtype))
+        return recompute.normalize(
+            x, scale, None, self.epsilon, center=False, dtype=jnp.dtype(self.dtype)
+        )
 
 
 def relative_position_bucket(

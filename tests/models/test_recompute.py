@@ -182,3 +182,80 @@ def test_activated_matmul_backward_keeps_only_the_pre_activations():
     )
     assert plain_bytes > 2.5 * depth * hidden_bytes
     assert ours_bytes < 1.5 * depth * hidden_bytes, (ours_bytes, plain_bytes)
+
+
+def plain_normalize(x, scale, bias, epsilon, center, dtype):
+    x32 = x.astype(jnp.float32)
+    if center:
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        normed = (x32 - mean) * jax.lax.rsqrt(variance + epsilon)
+    else:
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + epsilon)
+    y = normed * scale if bias is None else normed * scale + bias
+    return y.astype(dtype)
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_normalize_values_and_gradients_equal_autodiff(center, dtype):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 5, 16)) * 3 + 1, dtype)
+    scale = jnp.asarray(rng.normal(size=(16,)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(16,)), jnp.float32) if center else None
+    cotangent = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+
+    def loss(fn, x, scale, bias):
+        y = fn(x, scale, bias, 1e-6, center, dtype)
+        assert y.dtype == dtype
+        return jnp.sum(y.astype(jnp.float32) * cotangent)
+
+    grads = {
+        name: jax.jit(jax.value_and_grad(functools.partial(loss, fn), argnums=(0, 1, 2)))(
+            x, scale, bias
+        )
+        for name, fn in (("ours", recompute.normalize), ("theirs", plain_normalize))
+    }
+    (ours_value, ours_grads), (their_value, their_grads) = grads["ours"], grads["theirs"]
+    tight = dtype == jnp.float32
+    np.testing.assert_allclose(ours_value, their_value, rtol=1e-6 if tight else 1e-2)
+    for name, a, b in zip(("x", "scale", "bias"), ours_grads, their_grads):
+        if b is None:
+            assert a is None
+            continue
+        assert a.dtype == b.dtype, name
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32),
+            np.asarray(b, np.float32),
+            rtol=1e-5 if tight else 2e-2,
+            atol=1e-5 if tight else 2e-2,
+            err_msg=name,
+        )
+
+
+def test_normalize_backward_keeps_only_its_input():
+    # A stack of LayerNorm -> matmul -> tanh: autodiff keeps the centered and normalized
+    # values (and XLA its broadcasts of the statistics and the scale) besides each
+    # layer's input, normalized output and tanh; the recomputing form keeps the last
+    # three (about 3.4 arrays a layer against 5.3).
+    rows, width, depth = 512, 256, 12
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(rows, width)), jnp.float32)
+    params = (
+        jnp.asarray(rng.normal(size=(depth, width, width)) * 0.05, jnp.float32),
+        jnp.asarray(1 + 0.1 * rng.normal(size=(depth, width)), jnp.float32),
+        jnp.asarray(0.1 * rng.normal(size=(depth, width)), jnp.float32),
+    )
+    row_bytes = rows * width * 4
+
+    def stack(norm, params, x):
+        kernels, scales, biases = params
+        for i in range(depth):
+            normed = norm(x, scales[i], biases[i], 1e-6, True, jnp.float32)
+            x = x + jnp.tanh(jnp.dot(normed, kernels[i]))
+        return jnp.sum(x)
+
+    plain = temp_bytes(jax.grad(functools.partial(stack, plain_normalize)), params, x)
+    ours = temp_bytes(jax.grad(functools.partial(stack, recompute.normalize)), params, x)
+    assert plain > 4.5 * depth * row_bytes
+    assert ours < 3.75 * depth * row_bytes, (ours, plain)
