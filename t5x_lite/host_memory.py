@@ -2,7 +2,8 @@
 it (T5X_LITE_KEEP_FREED_MEMORY=1).
 
 XLA:CPU allocates each step's temporaries afresh (~4.7 GB for `gpt_small` or `t5_small`
-at batch 8 x 512) and frees them after the step. glibc serves an allocation that large
+at batch 8 x 512 when this was measured; ~1.5 GB since `models/recompute.py`) and frees
+them after the step. glibc serves an allocation that large
 with a fresh mmap and unmaps it on free, and the allocating thread is one of XLA's, whose
 own malloc arena cannot grow past 64 MB and falls back to mmap in any case. So every
 step touches ~1.3-1.5 million new pages that the kernel must zero: 5-8 s of system time
