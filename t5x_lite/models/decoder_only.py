@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_lite.models import layers, stack
+from t5x_lite.models import layers, matmul, stack
 
 # GPT-2's values; not config keys because no experiment varies them.
 LAYER_NORM_EPSILON = 1e-5
@@ -134,12 +134,9 @@ class DecoderOnly(nn.Module):
             layers.PARAM_DTYPE,
         )
         # float32 accumulation, as in Embed.attend.
-        return jnp.einsum(
-            "ble,ev->blv",
-            x,
-            kernel.astype(jnp.dtype(self.dtype)),
-            preferred_element_type=jnp.float32,
-        )
+        rows = x.reshape(-1, x.shape[-1]).astype(jnp.dtype(self.dtype))
+        logits = matmul.matmul(rows, kernel, out_dtype=jnp.float32)
+        return logits.reshape(*x.shape[:-1], self.vocab_size)
 
     @nn.compact
     def __call__(

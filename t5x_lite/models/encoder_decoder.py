@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_lite.models import layers, stack, t5_layers
+from t5x_lite.models import layers, matmul, stack, t5_layers
 
 
 class EncoderBlock(nn.Module):
@@ -203,9 +203,8 @@ class Decoder(nn.Module):
             (cfg["d_model"], cfg["vocab_size"]),
             layers.PARAM_DTYPE,
         )
-        return jnp.einsum(
-            "ble,ev->blv", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32
-        )
+        logits = matmul.matmul(x.reshape(-1, x.shape[-1]), kernel, out_dtype=jnp.float32)
+        return logits.reshape(*x.shape[:-1], cfg["vocab_size"])
 
     @nn.compact
     def __call__(self, encoded, batch, *, deterministic: bool, decode: bool) -> jax.Array:

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_lite.models import recompute
+from t5x_lite.models import matmul, recompute
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 AxisNames = tuple[str | None, ...]
@@ -157,12 +157,13 @@ class Embed(nn.Module):
 
         Accumulating in float32 keeps bf16 runs from rounding the logits to bf16.
         """
-        table = self.embedding.astype(jnp.dtype(self.dtype))
+        # [embed, vocab]: in bf16 on CPU a row-major copy, for the bf16 matmul path.
+        bf16 = matmul.bf16_path(self.dtype)
+        table = matmul.transposed(self.embedding) if bf16 else self.embedding.T
         # 2-D matmul for the same reason as in DenseGeneral: a faster backward on CPU.
-        logits = jnp.dot(
-            query.reshape(-1, query.shape[-1]), table.T, preferred_element_type=jnp.float32
-        )
-        return logits.reshape(*query.shape[:-1], table.shape[0])
+        rows = query.reshape(-1, query.shape[-1]).astype(jnp.dtype(self.dtype))
+        logits = matmul.matmul(rows, table, out_dtype=jnp.float32)
+        return logits.reshape(*query.shape[:-1], table.shape[1])
 
 
 class DenseGeneral(nn.Module):
@@ -208,9 +209,9 @@ class DenseGeneral(nn.Module):
         flat_in, flat_out = math.prod(in_dims), math.prod(self.features)
 
         rows = [x.reshape(-1, flat_in).astype(dtype) for x in (inputs, *activation_inputs)]
-        kernel = kernel.reshape(flat_in, flat_out).astype(dtype)
+        kernel = kernel.reshape(flat_in, flat_out)  # float32: each product casts it
         if self.activation is None:
-            outputs = jnp.dot(rows[0], kernel)
+            outputs = matmul.matmul(rows[0], kernel)
         else:
             outputs = recompute.activated_matmul(self.activation, tuple(rows), kernel)
         outputs = outputs.reshape(*lead, *self.features)
