@@ -92,8 +92,11 @@ def load_configs(specs: Sequence[str], overrides, precision: str) -> list:
 
 def matmul_peaks(torch_side: bench_torch.TorchSide | None) -> dict[str, float]:
     """Square-matmul TFLOP/s, the best over sizes and repeats, of each framework at each
-    precision (JAX's times its device count, as bench.py's; torch's in its own process)."""
-    jax_matmul, peaks = jax.jit(lambda a, b: a @ b), {}
+    precision (JAX's times its device count, as bench.py's; torch's in its own process).
+    JAX's bf16 matmul outputs float32, as our bf16 products do (models/matmul.py): on
+    XLA:CPU that is its fast bf16 path, a bf16 output its slow one."""
+    jax_matmul = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    peaks = {}
     for name, dtype in DTYPES.items():
 
         def jax_of_size(size, dtype=dtype):
