@@ -183,7 +183,9 @@ def _model_common(config) -> dict:
     """Model keys shared by every architecture."""
     return dict(
         vocab_size=config.tokenizer.get_ref("vocab_size"),
-        dtype="float32",  # computation dtype: float32 | bfloat16 (params stay float32)
+        # computation dtype: float32 | bfloat16 (params stay float32); on a CPU, bf16 is
+        # faster only with bf16 instructions (AVX512-BF16, AMX): README "bf16 on CPU".
+        dtype="float32",
         remat_policy="none",  # none | full | dots_saveable
         # auto = einsum on CPU, dot_product_attention elsewhere (chosen when traced);
         # dot_product_attention = jax.nn.dot_product_attention (cuDNN's fused kernel on GPUs);
