@@ -157,13 +157,10 @@ class Embed(nn.Module):
 
         Accumulating in float32 keeps bf16 runs from rounding the logits to bf16.
         """
-        # [embed, vocab]: in bf16 on CPU a row-major copy, for the bf16 matmul path.
-        bf16 = matmul.bf16_path(self.dtype)
-        table = matmul.transposed(self.embedding) if bf16 else self.embedding.T
         # 2-D matmul for the same reason as in DenseGeneral: a faster backward on CPU.
         rows = query.reshape(-1, query.shape[-1]).astype(jnp.dtype(self.dtype))
-        logits = matmul.matmul(rows, table, out_dtype=jnp.float32)
-        return logits.reshape(*query.shape[:-1], table.shape[1])
+        logits = matmul.matmul(rows, self.embedding, jnp.float32, kernel_transposed=True)
+        return logits.reshape(*query.shape[:-1], self.num_embeddings)
 
 
 class DenseGeneral(nn.Module):

@@ -51,28 +51,34 @@ def product(a, b, *, transpose_a=False, transpose_b=False, out_dtype=None) -> ja
     return jnp.dot(a, b, preferred_element_type=accumulate).astype(out_dtype)
 
 
-def matmul(x: jax.Array, kernel: jax.Array, out_dtype=None) -> jax.Array:
+def matmul(x: jax.Array, kernel: jax.Array, out_dtype=None, *, kernel_transposed=False):
     """x [rows, k] in the compute dtype @ kernel [k, n] (a float32 parameter, cast to
-    x's dtype) -> [rows, n] in out_dtype (default x's dtype)."""
+    x's dtype) -> [rows, n] in out_dtype (default x's dtype). With kernel_transposed the
+    kernel is [n, k] (a tied embedding table) and x @ kernel^T is computed."""
     if bf16_path(x.dtype):
-        return _bf16_matmul(x, kernel, jnp.dtype(out_dtype or x.dtype))
-    return product(x, kernel.astype(x.dtype), out_dtype=out_dtype)
+        return _bf16_matmul(x, kernel, jnp.dtype(out_dtype or x.dtype), kernel_transposed)
+    kernel = kernel.astype(x.dtype)
+    return product(x, kernel, transpose_b=kernel_transposed, out_dtype=out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _bf16_matmul(x, kernel, out_dtype):
-    return product(x, kernel.astype(x.dtype), out_dtype=out_dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _bf16_matmul(x, kernel, out_dtype, kernel_transposed):
+    kernel = kernel.astype(x.dtype)
+    return product(x, kernel, transpose_b=kernel_transposed, out_dtype=out_dtype)
 
 
-def _bf16_matmul_forward(x, kernel, out_dtype):
-    return _bf16_matmul(x, kernel, out_dtype), (x, kernel)
+def _bf16_matmul_forward(x, kernel, out_dtype, kernel_transposed):
+    return _bf16_matmul(x, kernel, out_dtype, kernel_transposed), (x, kernel)
 
 
-def _bf16_matmul_backward(out_dtype, residuals, d_out):
+def _bf16_matmul_backward(out_dtype, kernel_transposed, residuals, d_out):
     x, kernel = residuals
     d_out = d_out.astype(x.dtype)
-    d_x = product(d_out, kernel.astype(x.dtype), transpose_b=True)
-    d_kernel = product(x, d_out, transpose_a=True, out_dtype=kernel.dtype)
+    d_x = product(d_out, kernel.astype(x.dtype), transpose_b=not kernel_transposed)
+    if kernel_transposed:  # d (x k^T) / d k = d^T x, [n, k]
+        d_kernel = product(d_out, x, transpose_a=True, out_dtype=kernel.dtype)
+    else:
+        d_kernel = product(x, d_out, transpose_a=True, out_dtype=kernel.dtype)
     return d_x, d_kernel
 
 

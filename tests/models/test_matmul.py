@@ -73,14 +73,17 @@ def test_transposed_is_a_transpose():
     np.testing.assert_array_equal(jax.jit(matmul.transposed)(x), x.T)
 
 
-def test_float32_matmul_is_autodiff_of_jnp_dot():
+@pytest.mark.parametrize("kernel_transposed", [False, True])
+def test_float32_matmul_is_autodiff_of_jnp_dot(kernel_transposed):
     x, kernel, cotangent = arrays()
+    kernel = kernel.T if kernel_transposed else kernel
 
     def ours(x, kernel):
-        return jnp.sum(matmul.matmul(x, kernel) * cotangent)
+        out = matmul.matmul(x, kernel, kernel_transposed=kernel_transposed)
+        return jnp.sum(out * cotangent)
 
     def theirs(x, kernel):
-        return jnp.sum(jnp.dot(x, kernel) * cotangent)
+        return jnp.sum(jnp.dot(x, kernel.T if kernel_transposed else kernel) * cotangent)
 
     a = jax.jit(jax.value_and_grad(ours, argnums=(0, 1)))(x, kernel)
     b = jax.jit(jax.value_and_grad(theirs, argnums=(0, 1)))(x, kernel)
@@ -88,16 +91,20 @@ def test_float32_matmul_is_autodiff_of_jnp_dot():
         np.testing.assert_array_equal(left, right)
 
 
+@pytest.mark.parametrize("kernel_transposed", [False, True])
 @pytest.mark.parametrize("out_dtype", [None, jnp.float32])
-def test_bfloat16_matmul_gradients_are_float32_math_on_bf16_values(out_dtype):
+def test_bfloat16_matmul_gradients_are_float32_math_on_bf16_values(out_dtype, kernel_transposed):
     x, kernel, cotangent = arrays()
     x16 = x.astype(jnp.bfloat16)
 
     def loss(x, kernel):
-        return jnp.sum(matmul.matmul(x, kernel, out_dtype).astype(jnp.float32) * cotangent)
+        out = matmul.matmul(x, kernel, out_dtype, kernel_transposed=kernel_transposed)
+        return jnp.sum(out.astype(jnp.float32) * cotangent)
 
-    value, (d_x, d_kernel) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x16, kernel)
+    given = kernel.T if kernel_transposed else kernel
+    value, (d_x, d_kernel) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x16, given)
     assert d_x.dtype == jnp.bfloat16 and d_kernel.dtype == jnp.float32
+    d_kernel = d_kernel.T if kernel_transposed else d_kernel
 
     # The same math in float32 numpy on the bf16-rounded operands: the product rounded
     # once (to the output dtype), the cotangent rounded to bf16 before each product.
@@ -111,8 +118,10 @@ def test_bfloat16_matmul_gradients_are_float32_math_on_bf16_values(out_dtype):
     np.testing.assert_allclose(d_kernel, x32.T @ d_out, rtol=1e-5, atol=1e-4)
 
 
-def test_bfloat16_matmul_runs_every_product_on_bf16_operands():
+@pytest.mark.parametrize("kernel_transposed", [False, True])
+def test_bfloat16_matmul_runs_every_product_on_bf16_operands(kernel_transposed):
     x, kernel, cotangent = arrays()
+    kernel = kernel.T if kernel_transposed else kernel
 
     def step(matmul_fn, x, kernel):  # tanh: a loss that needs the forward product too
         def loss(x, kernel):
@@ -120,11 +129,15 @@ def test_bfloat16_matmul_runs_every_product_on_bf16_operands():
 
         return jax.grad(loss, argnums=(0, 1))(x, kernel)
 
+    def ours_fn(x, kernel):
+        return matmul.matmul(x, kernel, kernel_transposed=kernel_transposed)
+
     def plain(x, kernel):  # what autodiff of a bf16 dot gives
-        return jnp.dot(x, kernel.astype(x.dtype))
+        kernel = kernel.astype(x.dtype)
+        return jnp.dot(x, kernel.T if kernel_transposed else kernel)
 
     x16 = x.astype(jnp.bfloat16)
-    ours = dot_operand_types(lambda x, k: step(matmul.matmul, x, k), x16, kernel)
+    ours = dot_operand_types(lambda x, k: step(ours_fn, x, k), x16, kernel)
     theirs = dot_operand_types(lambda x, k: step(plain, x, k), x16, kernel)
     assert len(ours) == 3 and all(t == ("bf16", "bf16") for t in ours), ours
     assert any(t != ("bf16", "bf16") for t in theirs), theirs  # the check above can fail
