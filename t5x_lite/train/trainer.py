@@ -200,6 +200,14 @@ def add_step_metrics(pending, step_metrics):
     """Step metrics summed over a logging interval (on device: no host sync)."""
     if pending is None:
         return step_metrics
+    return _sum_step_metrics(pending, step_metrics)
+
+
+@jax.jit
+def _sum_step_metrics(pending, step_metrics):
+    """One dispatch for the whole tree. Leaf by leaf (~15 eager adds a step), the adds
+    waited on the step still running, so the next batch was read only after it: 3.7 s
+    of bert_tiny_sst2's 17 s command on 2 cores, against 0.1-0.2 s for this."""
     (sums, extras), (new_sums, new_extras) = pending, step_metrics
     combined = {
         key: (jnp.minimum if key == FIRST_NONFINITE else jnp.add)(extras[key], new_extras[key])

@@ -298,3 +298,21 @@ def test_masked_positions_head_gives_the_full_heads_loss_and_gradients(tmp_path,
     for row in range(len(selected)):
         first = np.flatnonzero(batch["encoder_loss_weights"][row])[:2]
         np.testing.assert_array_equal(features["mlm_positions"][row][: len(first)], first)
+
+
+def test_step_metrics_sum_over_the_interval_and_keep_the_first_nonfinite_step():
+    def step(loss, tokens, grad_norm, first_nonfinite):
+        sums = {"lm": {"loss": np.float32(loss), "tokens": np.float32(tokens)}}
+        extras = {
+            "grad_norm": np.float32(grad_norm),
+            trainer.FIRST_NONFINITE: np.int32(first_nonfinite),
+        }
+        return sums, extras
+
+    pending = None
+    for metrics in (step(2.5, 10, 1.0, trainer.NO_STEP), step(1.5, 6, 3.0, 7), step(1, 4, 2, 9)):
+        pending = trainer.add_step_metrics(pending, metrics)
+    sums, extras = jax.device_get(pending)
+    assert sums == {"lm": {"loss": 5.0, "tokens": 20.0}}
+    assert extras["grad_norm"] == 6.0
+    assert extras[trainer.FIRST_NONFINITE] == 7  # the earliest, not a sum
