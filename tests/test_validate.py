@@ -84,7 +84,8 @@ def test_mask_mix_must_sum_to_one():
 
 
 def test_sorting_by_length_needs_length_buckets():
-    config = _load("finetune.py:bert_tiny_sst2", **{"data.bucket_window": 16})
+    overrides = {"data.bucket_multiple": 0, "data.bucket_window": 16}
+    config = _load("finetune.py:bert_tiny_sst2", **overrides)
     with pytest.raises(UserError, match="config.data.bucket_window=16 .* bucket_multiple > 0"):
         validate.check(config)
 

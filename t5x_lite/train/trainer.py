@@ -347,6 +347,7 @@ def train(config, workdir: str, start: Start | None = None) -> TrainResult:
     partitioning.check_batch_size(
         config.data.batch_size, partitioning.make_mesh(config.partitioning.mesh)
     )
+    _full_rows_across_processes(config)
     inputs.owned_shards(config.data, jax.process_index(), jax.process_count())
     inputs.check_objective(config)
     # One trainer per workdir (process 0 of a job holds the lock for all of them).
@@ -415,6 +416,19 @@ def _train(config, workdir: str, start: Start, clock: startup.Clock) -> TrainRes
             f"stopped at step {loop.stopped_at}; checkpoint saved; rerun the same command to resume"
         )
     return TrainResult(run, state, loop.history, workdir)
+
+
+def _full_rows_across_processes(config) -> None:
+    """Length buckets cut each process's batches to its own longest example, but the
+    processes of a job must feed equal shapes: a multi-process run (where fine-tuning's
+    default buckets cannot work) feeds full rows, says so, and its config.json says 0."""
+    multiple, _ = inputs.bucketing(config.data)
+    if multiple and jax.process_count() > 1:
+        _say(
+            f"config.data.bucket_multiple={multiple}: length buckets need a single process; "
+            f"this {jax.process_count()}-process run feeds full rows (bucket_multiple=0)"
+        )
+        config.data.bucket_multiple = config.data.bucket_window = 0
 
 
 def _say(line: str) -> None:

@@ -406,3 +406,17 @@ def test_length_buckets_change_no_loss_and_no_prediction(toy_task, tmp_path, var
     for key, value in losses[0].items():
         assert losses[8][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert predictions[8] == predictions[0]
+
+
+def test_a_multi_process_run_feeds_full_rows_and_says_so(toy_task, monkeypatch, capsys):
+    """Fine-tuning's default length buckets would give each process its own batch shape;
+    a multi-process run turns them off before anything is read, and its config says so."""
+    config = finetune_config(toy_task, **{"finetune.init": "random"})
+    assert inputs.bucketing(config.data) == (16, 16)  # the fine-tuning default
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    trainer._full_rows_across_processes(config)
+    assert inputs.bucketing(config.data) == (0, 0)
+    assert "length buckets need a single process; this 2-process run feeds full rows" in (
+        capsys.readouterr().out
+    )
+    inputs.owned_shards(config.data, 0, 2)  # which refuses buckets across processes
