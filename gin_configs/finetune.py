@@ -159,7 +159,7 @@ def finetune_sections(config, task: dict) -> None:
         # shuffles the resulting batches, so a batch holds examples of similar length.
         # Losses and predictions of a batch are unchanged; what changes is which examples
         # share a batch (experiments/results/length_buckets/: no accuracy difference with
-        # six seeds per family). An SST-2 command (2,000 sentences) takes 1.3-1.6x less
+        # six seeds per family). An SST-2 command (2,000 sentences) takes 1.2-1.6x less
         # time than with full rows (README). A multi-process run feeds full rows (it says
         # so). 0 and 0 give the full-row recipe of the studies committed before
         # 2026-12-07 (their provenance.json records it).
