@@ -28,6 +28,11 @@ def finetune_sst2(family, pretrained_workdir, shared_data_dir, workdir):
     command = sst2_transfer.finetune_command(
         family, "pretrained", shared_data_dir, str(pretrained_workdir), str(workdir)
     )
+    # Full rows: the recipe these tests' thresholds were set on. Length buckets (the
+    # default since) regroup the batches; on the pretrained tiny BERT six seeds gave
+    # 60.9 +- 3.3 with buckets against 61.6 +- 1.7 (within noise, sign-flip p 0.5), but
+    # seed 0 falls from 59.1 to 55.2, under this file's single-seed margin.
+    command += ["--config.data.bucket_multiple=0", "--config.data.bucket_window=0"]
     config = sst2_transfer.config_of(command)[0]
     assert config.task.train.max_examples == 2000
     result = finetune.train(config, str(workdir))
