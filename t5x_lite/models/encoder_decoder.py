@@ -203,7 +203,8 @@ class Decoder(nn.Module):
             (cfg["d_model"], cfg["vocab_size"]),
             layers.PARAM_DTYPE,
         )
-        logits = matmul.matmul(x.reshape(-1, x.shape[-1]), kernel, out_dtype=jnp.float32)
+        rows = x.reshape(-1, x.shape[-1])
+        logits = matmul.matmul(rows, kernel, out_dtype=jnp.float32, row_major_backward=True)
         return logits.reshape(*x.shape[:-1], cfg["vocab_size"])
 
     @nn.compact

@@ -185,3 +185,32 @@ def test_embed_attend_gradients_track_float32(dtype):
     np.testing.assert_allclose(
         table, reference["params"]["embedding"], rtol=tolerance, atol=tolerance
     )
+
+
+def dot_contractions(fn, *args) -> list[tuple[str, str]]:
+    """(lhs_contracting_dims, rhs_contracting_dims) of every dot in fn's compiled program."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    return re.findall(
+        r" dot\([^)]*\), lhs_contracting_dims=\{(\d)\}, rhs_contracting_dims=\{(\d)\}", text
+    )
+
+
+def test_float32_row_major_backward_gradients_and_products():
+    x, kernel, cotangent = arrays()
+
+    def grads(matmul_fn):
+        def loss(x, kernel):  # tanh: a loss that needs the forward product too
+            return jnp.sum(jnp.tanh(matmul_fn(x, kernel)) * cotangent)
+
+        return jax.value_and_grad(loss, argnums=(0, 1))
+
+    ours = grads(lambda x, k: matmul.matmul(x, k, jnp.float32, row_major_backward=True))
+    plain = grads(lambda x, k: jnp.dot(x, k))
+    for left, right in zip(
+        jax.tree.leaves(jax.jit(ours)(x, kernel)), jax.tree.leaves(jax.jit(plain)(x, kernel))
+    ):
+        assert left.dtype == jnp.float32
+        np.testing.assert_allclose(left, right, rtol=1e-5, atol=1e-5)
+    # On CPU every product reads [m, k] x [k, n] operands; autodiff's backward does not.
+    assert dot_contractions(ours, x, kernel) == [("1", "0")] * 3
+    assert len(set(dot_contractions(plain, x, kernel))) > 1
