@@ -84,7 +84,7 @@ def cross_entropy(
         off = label_smoothing / vocab
         nll -= -(on * jnp.log(on) + (vocab - 1) * off * jnp.log(off))
     z_term = z_loss * jnp.square(log_z)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    correct = is_first_argmax(logits, targets, target_logit).astype(jnp.float32)
     return {
         "loss_sum": jnp.sum((nll + z_term) * weights),
         "nll_sum": jnp.sum(-target_log_prob * weights),
@@ -92,3 +92,26 @@ def cross_entropy(
         "correct_sum": jnp.sum(correct * weights),
         "weight_sum": jnp.sum(weights),
     }
+
+
+def is_first_argmax(logits: jax.Array, targets: jax.Array, target_logit: jax.Array) -> jax.Array:
+    """`jnp.argmax(logits, axis=-1) == targets`, ties going to the first maximum as there.
+
+    logits [positions, vocab] float32, targets [positions] int, target_logit [positions]
+    (the targets' logits) -> bool [positions]. XLA:CPU takes ~0.3 s for the argmax of
+    GPT's [4096, 32128] logits and ~0.02 s for a max. Where every row has one maximum,
+    the target is the argmax iff its logit is the maximum; maxima are counted as
+    sum(sign(logit - max) + 1), which is 1 at a maximum and 0 below it (~0.07 s; the same
+    count from a compare ran 5x slower). A batch with a tie, or a row whose count is not
+    finite (NaN or inf logits), takes the argmax instead. Elsewhere than on CPU, the
+    argmax.
+    """
+
+    def first_argmax():
+        return jnp.argmax(logits, axis=-1) == targets
+
+    if jax.default_backend() != "cpu":
+        return first_argmax()
+    row_max = jnp.max(logits, axis=-1)
+    maxima = jnp.sum(jnp.sign(logits - row_max[:, None]) + 1.0, axis=-1)
+    return jax.lax.cond(jnp.all(maxima == 1.0), lambda: target_logit == row_max, first_argmax)

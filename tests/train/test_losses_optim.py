@@ -2,6 +2,8 @@
 
 import math
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -189,3 +191,31 @@ def test_unknown_optimizer_settings_fail_clearly():
 def test_weight_decay_skips_biases_and_scales():
     mask = optim.decay_mask({"dense": {"kernel": 1, "bias": 2}, "norm": {"scale": 3}})
     assert mask == {"dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}
+
+
+def test_is_first_argmax_equals_argmax_with_ties_and_non_finite_rows():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(12, 50)).astype(np.float32)
+    targets = rng.integers(0, 50, size=12)
+    targets[::3] = logits.argmax(-1)[::3]  # some correct rows
+
+    def check(logits, targets):
+        logits, targets = jnp.asarray(logits), jnp.asarray(targets, jnp.int32)
+        target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+        got = jax.jit(losses.is_first_argmax)(logits, targets, target_logit)
+        np.testing.assert_array_equal(got, np.asarray(jnp.argmax(logits, axis=-1) == targets))
+        return np.asarray(got)
+
+    assert check(logits, targets).sum() >= 4  # the one-maximum path, some rows correct
+    tied = logits.copy()
+    tied[:, [5, 9]] = 10.0  # every row: two maxima, at 5 and 9
+    assert check(tied, np.full(12, 5)).all()  # the first maximum is the argmax
+    assert not check(tied, np.full(12, 9)).any()  # the second is not
+    assert check(np.zeros((3, 50), np.float32), np.array([0, 1, 49])).tolist() == [
+        True,
+        False,
+        False,
+    ]
+    odd = logits.copy()
+    odd[0, 3], odd[1, 4], odd[2, 7] = np.nan, np.inf, -np.inf
+    check(odd, np.array([3, 4, 7] + list(targets[3:])))
