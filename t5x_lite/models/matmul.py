@@ -98,12 +98,12 @@ def _row_major_matmul_forward(x, kernel, out_dtype, kernel_transposed):
 def _row_major_matmul_backward(out_dtype, kernel_transposed, residuals, d_out):
     x, kernel = residuals
     d_out = d_out.astype(x.dtype)
-    flip = functools.partial(product, row_major=True)
-    d_x = flip(d_out, kernel.astype(x.dtype), transpose_b=not kernel_transposed)
+    row_major_product = functools.partial(product, row_major=True)
+    d_x = row_major_product(d_out, kernel.astype(x.dtype), transpose_b=not kernel_transposed)
     if kernel_transposed:  # d (x k^T) / d k = d^T x, [n, k]
-        d_kernel = flip(d_out, x, transpose_a=True, out_dtype=kernel.dtype)
+        d_kernel = row_major_product(d_out, x, transpose_a=True, out_dtype=kernel.dtype)
     else:
-        d_kernel = flip(x, d_out, transpose_a=True, out_dtype=kernel.dtype)
+        d_kernel = row_major_product(x, d_out, transpose_a=True, out_dtype=kernel.dtype)
     return d_x, d_kernel
 
 
