@@ -126,12 +126,12 @@ class DecoderOnly(nn.Module):
         """x [batch, length, embed] -> float32 logits [batch, length, vocab]."""
         if self.tie_embeddings:
             return token_embed.attend(x)
-        kernel = self.param(
+        kernel = layers.param(
+            self,
             "logits_kernel",
-            # Same scale as the tied table, so tied and untied runs start alike.
-            nn.with_logical_partitioning(layers.embedding_init, ("embed", "vocab")),
+            layers.embedding_init,  # the tied table's scale: tied and untied runs start alike
+            ("embed", "vocab"),
             (self.d_model, self.vocab_size),
-            layers.PARAM_DTYPE,
         )
         # float32 accumulation, as in Embed.attend.
         rows = x.reshape(-1, x.shape[-1]).astype(jnp.dtype(self.dtype))

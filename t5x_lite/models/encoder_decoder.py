@@ -197,11 +197,12 @@ class Decoder(nn.Module):
         if cfg["tie_embeddings"]:
             # T5 1.0 rescales before the tied (large-norm) embedding.
             return self.token_embed.attend(x * jnp.asarray(cfg["d_model"] ** -0.5, x.dtype))
-        kernel = self.param(
+        kernel = layers.param(
+            self,
             "logits_kernel",
-            nn.with_logical_partitioning(layers.embedding_init, ("embed", "vocab")),
+            layers.embedding_init,
+            ("embed", "vocab"),
             (cfg["d_model"], cfg["vocab_size"]),
-            layers.PARAM_DTYPE,
         )
         rows = x.reshape(-1, x.shape[-1])
         logits = matmul.matmul(rows, kernel, out_dtype=jnp.float32, row_major_backward=True)

@@ -135,11 +135,8 @@ class EncoderOnly(nn.Module):
             self.d_model, ("embed", "mlp"), layers.fan_in_init(1), "mlm_transform"
         )(hidden)
         transformed = self._norm("mlm_norm")(layers.ACTIVATIONS[self.activation](transformed))
-        bias = self.param(
-            "mlm_bias",
-            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-            (self.vocab_size,),
-            layers.PARAM_DTYPE,
+        bias = layers.param(
+            self, "mlm_bias", nn.initializers.zeros_init(), ("vocab",), (self.vocab_size,)
         )
         logits = token_embed.attend(transformed) + bias  # float32, as Embed.attend returns
         # [batch, length, vocab]

@@ -40,12 +40,7 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param(
-            "scale",
-            nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-            (x.shape[-1],),
-            layers.PARAM_DTYPE,
-        )
+        scale = layers.param(self, "scale", nn.initializers.ones_init(), ("embed",), (x.shape[-1],))
         return recompute.normalize(
             x, scale, None, self.epsilon, center=False, dtype=jnp.dtype(self.dtype)
         )
@@ -94,11 +89,12 @@ class RelativePositionBias(nn.Module):
         Per-token positions (not row indices) so that every packed segment sees the
         distances it would see alone.
         """
-        table = self.param(
+        table = layers.param(
+            self,
             "rel_embedding",
-            nn.with_logical_partitioning(layers.embedding_init, ("relpos_buckets", "heads")),
+            layers.embedding_init,
+            ("relpos_buckets", "heads"),
             (self.num_buckets, self.num_heads),
-            layers.PARAM_DTYPE,
         )
         # [batch, q_length, k_length]
         relative = key_positions[:, None, :] - query_positions[:, :, None]

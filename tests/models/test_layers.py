@@ -1,9 +1,11 @@
 """Building blocks: masks worked by hand, logical names, dtype handling."""
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from t5x_lite.models import layers
 from tests.models.helpers import fast_jit
@@ -106,6 +108,36 @@ def test_dense_general_contracts_trailing_axes_with_fan_in_init():
     out = fast_jit(dense.apply)(variables, x)
     expected = jnp.einsum("blhd,hde->ble", x, kernel.value)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_param_applies_without_calling_the_initializer_and_checks_shapes():
+    calls = []
+
+    def counting_init(key, shape, dtype=jnp.float32):
+        calls.append(tuple(shape))
+        return jnp.full(shape, 0.5, dtype)
+
+    dense = layers.DenseGeneral(
+        features=(3,),
+        contract_axes=1,
+        kernel_axes=("embed", "mlp"),
+        use_bias=True,
+        dtype="float32",
+        kernel_init=counting_init,
+    )
+    x = jnp.ones((2, 4))
+    variables = dense.init(KEY, x)
+    assert calls == [(4, 3)]  # created once, boxed with its axis names
+    assert variables["params"]["kernel"].names == ("embed", "mlp")
+    # Boxed or unboxed, the stored values are used; Flax's own `param` would trace the
+    # initializer again (under jax.eval_shape) to check the shape.
+    for params in (variables["params"], nn.unbox(variables["params"])):
+        out = jax.jit(dense.apply)({"params": params}, x)
+        np.testing.assert_allclose(out, np.full((2, 3), 2.0))
+    assert calls == [(4, 3)]
+    wrong = dict(nn.unbox(variables["params"]), kernel=jnp.zeros((5, 3)))
+    with pytest.raises(flax.errors.ScopeParamShapeError, match="kernel"):
+        dense.apply({"params": wrong}, x)
 
 
 def test_embed_attend_is_matmul_with_table_in_float32():
