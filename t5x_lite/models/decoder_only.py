@@ -172,7 +172,7 @@ class DecoderOnly(nn.Module):
         )
         x = token_embed(tokens) + position_embed(positions)  # [batch, length, embed]
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = layers.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
         x, _ = self._layer_stack(deterministic, decode)(x, *broadcast_inputs)
         x = layers.LayerNorm(LAYER_NORM_EPSILON, self.dtype, name="final_norm")(x)
@@ -184,7 +184,7 @@ class DecoderOnly(nn.Module):
             return {"logits": logits}
         # [batch, 1, embed]: the hidden state at each row's [EXTRACT] token.
         extract = jnp.take_along_axis(x, batch["class_token_index"][:, :, None], axis=1)
-        extract = nn.Dropout(self.dropout_rate)(extract, deterministic=deterministic)
+        extract = layers.Dropout(self.dropout_rate)(extract, deterministic=deterministic)
         class_logits = layers.ClassifierHead(self.num_classes, self.dtype, name="classifier")(
             extract
         )

@@ -46,7 +46,9 @@ class EncoderBlock(nn.Module):
 
     def _residual(self, x, sublayer, name: str) -> jax.Array:
         normed = t5_layers.RMSNorm(self.layer_norm_epsilon, self.dtype, name=f"{name}_norm")(x)
-        branch = nn.Dropout(self.dropout_rate)(sublayer(normed), deterministic=self.deterministic)
+        branch = layers.Dropout(self.dropout_rate)(
+            sublayer(normed), deterministic=self.deterministic
+        )
         return x + branch
 
     def _attention(self, name: str, cache_kind: str) -> t5_layers.T5Attention:
@@ -120,7 +122,7 @@ class Encoder(nn.Module):
         segment_ids = batch["encoder_segment_ids"]
         positions = batch["encoder_positions"]
         x = self.token_embed(batch["encoder_input_tokens"])  # [batch, length, embed]
-        x = nn.Dropout(cfg["dropout_rate"])(x, deterministic=deterministic)
+        x = layers.Dropout(cfg["dropout_rate"])(x, deterministic=deterministic)
         mask = layers.segment_mask(segment_ids, segment_ids)  # [batch, 1, length, length]
         bias = _relpos(cfg, bidirectional=True)(positions, positions)
         x, _ = stack.scanned_stack(
@@ -133,7 +135,7 @@ class Encoder(nn.Module):
             **_block_fields(cfg),
         )(x, mask, bias)
         x = t5_layers.RMSNorm(cfg["layer_norm_epsilon"], cfg["dtype"], name="final_norm")(x)
-        x = nn.Dropout(cfg["dropout_rate"])(x, deterministic=deterministic)
+        x = layers.Dropout(cfg["dropout_rate"])(x, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -216,7 +218,7 @@ class Decoder(nn.Module):
         mask, bias, cross_mask, cache_index = masks
         mask = jnp.broadcast_to(mask, (tokens.shape[0],) + mask.shape[1:])
         x = self.token_embed(tokens)  # [batch, length, embed]
-        x = nn.Dropout(cfg["dropout_rate"])(x, deterministic=deterministic)
+        x = layers.Dropout(cfg["dropout_rate"])(x, deterministic=deterministic)
         x, _ = stack.scanned_stack(
             DecoderBlock,
             num_layers=cfg["num_decoder_layers"],
@@ -228,7 +230,7 @@ class Decoder(nn.Module):
             **_block_fields(cfg),
         )(x, mask, bias, encoded, cross_mask, cache_index)
         x = t5_layers.RMSNorm(cfg["layer_norm_epsilon"], cfg["dtype"], name="final_norm")(x)
-        x = nn.Dropout(cfg["dropout_rate"])(x, deterministic=deterministic)
+        x = layers.Dropout(cfg["dropout_rate"])(x, deterministic=deterministic)
         logits = self._output_logits(x)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 

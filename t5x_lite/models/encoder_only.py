@@ -105,7 +105,7 @@ class EncoderOnly(nn.Module):
         if self.layer_norm == "post":
             x = self._norm("embed_norm")(x)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic), token_embed
+        return layers.Dropout(self.dropout_rate)(x, deterministic=deterministic), token_embed
 
     def _layer_stack(self, deterministic: bool) -> nn.Module:
         """num_layers blocks as one scanned module (params stacked on axis 0)."""
@@ -189,7 +189,7 @@ class EncoderOnly(nn.Module):
             "hidden": hidden,
         }
         if self.num_classes:
-            features = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
+            features = layers.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
             outputs["class_logits"] = layers.ClassifierHead(
                 self.num_classes, self.dtype, name="classifier"
             )(features[:, None])  # [batch, 1, num_classes], scored like a sequence

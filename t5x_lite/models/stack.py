@@ -77,7 +77,7 @@ class TransformerBlock(nn.Module):
         norm = layers.LayerNorm(
             self.layer_norm_epsilon, self.dtype, name=f"{self.layer_norm}_{name}_norm"
         )
-        dropout = nn.Dropout(self.dropout_rate)
+        dropout = layers.Dropout(self.dropout_rate)
         if self.layer_norm == "pre":
             return x + dropout(sublayer(norm(x)), deterministic=self.deterministic)
         return norm(x + dropout(sublayer(x), deterministic=self.deterministic))

@@ -256,7 +256,7 @@ class T5Mlp(nn.Module):
             # `wo` applies the activation and recomputes it in the backward pass.
             out = self._dense(x.shape[-1], wo_axes, "wo", activation)(*pre_activations)
         else:
-            hidden = nn.Dropout(self.dropout_rate)(
+            hidden = layers.Dropout(self.dropout_rate)(
                 activation(*pre_activations), deterministic=False
             )
             out = self._dense(x.shape[-1], wo_axes, "wo")(hidden)

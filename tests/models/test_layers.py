@@ -169,3 +169,58 @@ def test_layer_norm_normalizes_in_float32_and_returns_dtype():
 def test_logical_constraint_is_identity_without_mesh_or_rules():
     x = jnp.arange(6.0).reshape(1, 2, 3)
     assert nn.with_logical_constraint(x, ("batch", "length", "embed")) is x
+
+
+def _mix32_by_hand(h: int) -> int:
+    h ^= h >> 16
+    h = h * 0x85EBCA6B % 2**32
+    h ^= h >> 13
+    h = h * 0xC2B2AE35 % 2**32
+    return h ^ (h >> 16)
+
+
+def test_dropout_mask_is_the_counter_hash_of_each_index():
+    rng = jax.random.key(3)
+    seed0, seed1 = (int(s) for s in jax.random.bits(rng, (2,), jnp.uint32))
+    keep = 0.7
+    mask = np.asarray(layers.dropout_keep_mask(rng, (3, 5), keep))
+    threshold = round(keep * 2**32)
+    for i in range(15):
+        bits = _mix32_by_hand(_mix32_by_hand((i * 0x9E3779B9 + seed0) % 2**32) ^ seed1)
+        assert mask.reshape(-1)[i] == (bits < threshold), i
+
+
+def test_dropout_keeps_the_rate_scales_and_draws_fresh_masks_per_key():
+    x = jnp.arange(1.0, 256 * 1024 + 1.0).reshape(256, 1024)
+    dropout = layers.Dropout(rate=0.1)
+    out = dropout.apply({}, x, deterministic=False, rngs={"dropout": KEY})
+    kept = np.asarray(out) != 0
+    # 262,144 draws at p = 0.9: the binomial std of the kept share is 0.0006.
+    assert abs(kept.mean() - 0.9) < 0.003
+    np.testing.assert_allclose(np.asarray(out)[kept], np.asarray(x)[kept] / 0.9, rtol=1e-6)
+    again = dropout.apply({}, x, deterministic=False, rngs={"dropout": KEY})
+    np.testing.assert_array_equal(out, again)  # the key decides the mask
+    other = np.asarray(
+        dropout.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)}) != 0
+    )
+    # Independent masks: both kept at ~0.81, and neighbours within a mask likewise.
+    assert abs((kept & other).mean() - 0.81) < 0.004
+    assert abs((kept[:, 1:] & kept[:, :-1]).mean() - 0.81) < 0.004
+    assert abs((kept[1:] & kept[:-1]).mean() - 0.81) < 0.004
+    grad = jax.grad(
+        lambda v: dropout.apply({}, v, deterministic=False, rngs={"dropout": KEY}).sum()
+    )(x)
+    np.testing.assert_allclose(grad, kept / 0.9, rtol=1e-6)
+
+
+def test_dropout_off_or_total():
+    x = jnp.ones((4, 8), jnp.bfloat16)
+    np.testing.assert_array_equal(layers.Dropout(rate=0.5).apply({}, x, deterministic=True), x)
+    np.testing.assert_array_equal(
+        layers.Dropout(rate=0.0).apply({}, x, deterministic=False, rngs={"dropout": KEY}), x
+    )
+    total = layers.Dropout(rate=1.0).apply({}, x, deterministic=False, rngs={"dropout": KEY})
+    assert total.dtype == jnp.bfloat16 and not np.asarray(total, np.float32).any()
+    half = layers.Dropout(rate=0.5).apply({}, x, deterministic=False, rngs={"dropout": KEY})
+    assert half.dtype == jnp.bfloat16
+    assert set(np.unique(np.asarray(half, np.float32))) == {0.0, 2.0}
