@@ -336,8 +336,7 @@ def _raise_keyboard_interrupt(signum, frame):
 def run() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:  # before JAX starts its threads (host_memory.py)
-        if host_memory.wanted():
-            host_memory.keep_freed_memory()
+        host_memory.apply_setting()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,5 +1,5 @@
 """host_memory: with glibc keeping freed memory, XLA:CPU's large per-call buffers reuse
-pages instead of faulting in fresh ones; when the CLI turns it on, and its errors."""
+pages instead of faulting in fresh ones; the CLI's default (on) and its note, and errors."""
 
 import os
 import platform
@@ -65,13 +65,51 @@ def test_kept_memory_spares_the_page_faults_of_a_large_temporary():
 
 
 @pytest.mark.parametrize(
-    "value, expected", [(None, False), ("0", False), ("off", False), ("1", True), ("yes", True)]
+    "value, expected", [(None, True), ("1", True), ("yes", True), ("0", False), ("off", False)]
 )
-def test_off_unless_the_environment_asks(monkeypatch, value, expected):
+def test_on_unless_the_environment_says_0(monkeypatch, value, expected):
     monkeypatch.delenv("T5X_LITE_KEEP_FREED_MEMORY", raising=False)
     if value is not None:
         monkeypatch.setenv("T5X_LITE_KEEP_FREED_MEMORY", value)
     assert host_memory.wanted() is expected
+
+
+@pytest.fixture
+def fresh_note(monkeypatch):
+    monkeypatch.setattr(host_memory, "_noted", False)
+    monkeypatch.setattr(host_memory, "_kept_by_default", True)
+
+
+def test_the_memory_note_comes_once_past_half_the_machine(fresh_note):
+    gib = 2**30
+    assert host_memory.memory_note(peak_bytes=8 * gib, total_bytes=16 * gib) == ""
+    note = host_memory.memory_note(peak_bytes=9 * gib, total_bytes=16 * gib)
+    assert note.startswith("note: peak resident memory 9.0 of 16.0 GiB;")
+    assert "T5X_LITE_KEEP_FREED_MEMORY=0" in note and "\n" not in note
+    assert host_memory.memory_note(peak_bytes=15 * gib, total_bytes=16 * gib) == ""
+
+
+def test_no_memory_note_when_kept_memory_was_asked_for(fresh_note, monkeypatch):
+    monkeypatch.setattr(host_memory, "_kept_by_default", False)
+    assert host_memory.memory_note(peak_bytes=15 * 2**30, total_bytes=16 * 2**30) == ""
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+@pytest.mark.parametrize(
+    "value, kept, by_default", [(None, True, True), ("1", True, False), ("0", False, False)]
+)
+def test_the_cli_setting(monkeypatch, value, kept, by_default):
+    """In a fresh interpreter (mallopt's arena setting is for the whole process)."""
+    code = (
+        "from t5x_lite import host_memory as h; "
+        "print(h.apply_setting(), h._kept_by_default, h.memory_note(2, 3) != '')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "T5X_LITE_KEEP_FREED_MEMORY"}
+    if value is not None:
+        env["T5X_LITE_KEEP_FREED_MEMORY"] = value
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(kept), str(by_default), str(by_default)]
 
 
 def test_a_bad_setting_is_a_one_line_error(monkeypatch):

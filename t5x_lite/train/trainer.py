@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from t5x_lite import config as config_lib
-from t5x_lite import fileio, models, validate
+from t5x_lite import fileio, host_memory, models, validate
 from t5x_lite.data import inputs, packing
 from t5x_lite.errors import Interrupted, UserError
 from t5x_lite.models import heads
@@ -529,6 +529,8 @@ class _Loop:
                     )
                     self._check_finite(pending)
                     self.ckpt.check_for_errors()  # a background save that failed
+                    if note := host_memory.memory_note():
+                        progress.write(note)
                     pending, tokens, tick, last_logged = None, 0, now, step
                 elif saving:  # never checkpoint a state that went non-finite
                     self._check_finite(pending)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from t5x_lite import config as config_lib
+from t5x_lite import host_memory
 from t5x_lite.data import inputs
 from t5x_lite.downstream import search
 from t5x_lite.errors import UserError
@@ -155,6 +156,20 @@ def test_checkpoint_from_another_model_is_refused(tmp_path, corpus):
     other = tiny_config(corpus, **{"train.num_steps": 4, "model.d_model": 48})
     with pytest.raises(UserError, match="model.d_model: 32 -> 48"):
         trainer.train(other, workdir)
+
+
+def test_the_kept_memory_note_reaches_the_log(tmp_path, corpus, monkeypatch, capsys):
+    """host_memory.memory_note's line (peak memory past half the machine's, freed memory
+    kept by default) is printed at a log step, once."""
+    monkeypatch.setattr(host_memory, "_kept_by_default", True)
+    monkeypatch.setattr(host_memory, "_noted", False)
+    monkeypatch.setattr(host_memory, "NOTE_SHARE", 0.0)  # any peak passes it
+    config = tiny_config(corpus, **{"train.num_steps": 4, "train.log_every": 2})
+    trainer.train(config, str(tmp_path / "run"))
+    captured = capsys.readouterr()
+    log = captured.out + captured.err  # stdout, or the progress bar's stream
+    assert log.count("note: peak resident memory") == 1, log
+    assert "T5X_LITE_KEEP_FREED_MEMORY=0" in log
 
 
 @pytest.mark.parametrize("variant", ["bert_tiny", "roberta_tiny", "spanbert_tiny"])
