@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.core import meta
+from jax import lax
 
 from t5x_lite.models import matmul, recompute
 
@@ -245,12 +246,13 @@ class DenseGeneral(nn.Module):
 
 def _mix32(h: jax.Array) -> jax.Array:
     """MurmurHash3's 32-bit finalizer: a bijection of uint32 whose every output bit
-    depends on every input bit."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
+    depends on every input bit. Written in `lax` ops, which trace faster than jnp's
+    operators (no dtype promotion to resolve)."""
+    h = lax.bitwise_xor(h, lax.shift_right_logical(h, jnp.uint32(16)))
+    h = lax.mul(h, jnp.uint32(0x85EBCA6B))
+    h = lax.bitwise_xor(h, lax.shift_right_logical(h, jnp.uint32(13)))
+    h = lax.mul(h, jnp.uint32(0xC2B2AE35))
+    return lax.bitwise_xor(h, lax.shift_right_logical(h, jnp.uint32(16)))
 
 
 def dropout_keep_mask(rng: jax.Array, shape: Sequence[int], keep: float) -> jax.Array:
@@ -264,14 +266,24 @@ def dropout_keep_mask(rng: jax.Array, shape: Sequence[int], keep: float) -> jax.
     layer under `nn.scan`). JAX's threefry runs 20 rounds per 32 bits, as loops on CPU:
     `t5_tiny_sst2`'s step took 94-97 ms with flax's threefry masks, 72-75 ms with these.
     The index is uint32: an array of 2**32 elements or more is refused.
+
+    The work is one jitted function per shape and rate (`_hashed_keep_mask`), so a model
+    traces it once per shape, not at every dropout site.
     """
+    shape = tuple(int(d) for d in shape)
     size = math.prod(shape)
     if size >= 2**32:
         raise ValueError(f"dropout over {size} elements: the mask's uint32 index tops at 2**32")
+    return _hashed_keep_mask(rng, shape, min(round(keep * 2**32), 2**32 - 1))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _hashed_keep_mask(rng: jax.Array, shape: tuple[int, ...], threshold: int) -> jax.Array:
     seed = jax.random.bits(rng, (2,), jnp.uint32)
-    index = jax.lax.iota(jnp.uint32, size).reshape(shape)  # each element's flat index
-    bits = _mix32(_mix32(index * jnp.uint32(0x9E3779B9) + seed[0]) ^ seed[1])
-    return bits < jnp.uint32(min(round(keep * 2**32), 2**32 - 1))
+    index = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)  # each element's flat index
+    mixed = lax.add(lax.mul(index, jnp.uint32(0x9E3779B9)), seed[0])
+    bits = _mix32(lax.bitwise_xor(_mix32(mixed), seed[1]))
+    return bits < jnp.uint32(threshold)
 
 
 class Dropout(nn.Module):
