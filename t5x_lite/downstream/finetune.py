@@ -35,7 +35,7 @@ from t5x_lite.downstream import pretrained
 from t5x_lite.errors import UserError
 from t5x_lite.models import heads
 from t5x_lite.objectives import finetune_formats
-from t5x_lite.train import distributed, trainer
+from t5x_lite.train import distributed, startup, trainer
 from t5x_lite.train import workdir as run_dir
 
 # Model keys a fine-tuning run may set differently from its checkpoint.
@@ -233,9 +233,13 @@ def train(config, workdir: str) -> trainer.TrainResult:
     """Fine-tune (or resume) the run of the resolved `config` in `workdir`."""
     validate.check(config)
     distributed.initialize(config)  # before anything touches devices
+    clock = startup.Clock()
+    clock.mark("imports and config")
     # The lock before the tokenizer is copied in: one trainer per workdir.
     with run_dir.hold(workdir, enabled=jax.process_index() == 0):
-        return trainer.train(config, workdir, start(config, workdir))
+        begin = start(config, workdir)
+        clock.mark("task and tokenizer")  # the labelled files, the tokenizer (may train)
+        return trainer.train(config, workdir, begin, clock=clock)
 
 
 def _has_classifier(config) -> bool:

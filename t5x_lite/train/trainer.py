@@ -336,11 +336,16 @@ class Start:
     origin: str = "random initialization"  # where the initial params come from
 
 
-def train(config, workdir: str, start: Start | None = None) -> TrainResult:
-    """Train (or resume) the run described by `config` in `workdir`."""
+def train(
+    config, workdir: str, start: Start | None = None, clock: startup.Clock | None = None
+) -> TrainResult:
+    """Train (or resume) the run described by `config` in `workdir`. `clock`: the
+    start-up phases a caller has marked already (fine-tuning's task and tokenizer);
+    by default everything before this call counts as imports and config."""
     start = start or Start()
-    clock = startup.Clock()
-    clock.mark("imports and config")
+    if clock is None:
+        clock = startup.Clock()
+        clock.mark("imports and config")
     # Settings that cannot work fail here, before anything is read, written or compiled.
     validate.check(config)
     distributed.initialize(config)  # before anything touches devices

@@ -3,6 +3,7 @@ head, a frozen body, and the errors for checkpoints that do not fit."""
 
 import json
 import os
+import re
 from pathlib import Path
 
 import jax
@@ -351,6 +352,13 @@ def test_heads_record_what_nothing_trained(
         assert _heads_file(workdir)["untrained"] == untrained
         out = capsys.readouterr().out
         assert out.count("fresh heads") == 1
+        # Start-up phases: the task's files and the tokenizer are not counted as imports.
+        assert re.search(
+            r"first step [\d.]+ s after start \(imports and config [\d.]+ s, task and "
+            r"tokenizer [\d.]+ s, data and tokenizer [\d.]+ s, state [\d.]+ s, compile and "
+            r"first step [\d.]+ s\)",
+            out,
+        ), out
         assert f"initialized from {source} (t5x_lite); fresh heads: {fresh}\n" in out
     # From random weights nothing but the classifier and pooler is trained.
     workdir = tmp_path / "random"
