@@ -1,8 +1,12 @@
 """Start-up: the compilation cache's directory and the first-step timing line."""
 
+import os
+import subprocess
+import sys
 import time
 
 import jaxlib.version
+import pytest
 
 from t5x_lite import compile_cache
 from t5x_lite.train import startup
@@ -59,3 +63,17 @@ def test_clock_phases_and_one_report(monkeypatch):
 def test_process_start_is_in_the_past():
     started = startup.process_start()
     assert started is None or 0 < time.time() - started < 24 * 3600
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/uptime"), reason="Linux's /proc")
+def test_process_start_falls_between_the_parents_clock_readings():
+    """A child's start, as it computes it, lies between the parent's readings before
+    and after spawning it, to the clock tick and uptime's 0.01 s (the boot time in
+    whole seconds, used before, was off by up to a second)."""
+    code = "from t5x_lite.train import startup; print(repr(startup.process_start()))"
+    before = time.time()
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    after = time.time()
+    started = float(child.communicate()[0])
+    slack = 2 / os.sysconf("SC_CLK_TCK") + 0.02
+    assert before - slack <= started <= after + slack, (before, started, after)

@@ -11,14 +11,20 @@ from t5x_lite.train import workdir
 
 
 def process_start() -> float | None:
-    """The wall-clock time this process started (Linux's /proc), None elsewhere."""
+    """The wall-clock time this process started (Linux's /proc), None elsewhere.
+
+    Its age is the system's uptime (/proc/uptime, to 0.01 s) less its start in clock
+    ticks since boot; the boot time in /proc/stat (`btime`) is whole seconds, which put
+    up to a second of error into the first phase."""
     ticks = workdir.process_start_time(os.getpid())  # clock ticks since boot
     try:
-        with open("/proc/stat", encoding="utf-8") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-    except (OSError, IndexError, ValueError, StopIteration):
+        with open("/proc/uptime", encoding="utf-8") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
         return None
-    return None if ticks is None else boot + ticks / os.sysconf("SC_CLK_TCK")
+    if ticks is None:
+        return None
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 class Clock:
