@@ -303,7 +303,7 @@ class Dropout(nn.Module):
             return jnp.zeros_like(inputs)
         keep = 1.0 - self.rate
         mask = dropout_keep_mask(self.make_rng(self.rng_collection), inputs.shape, keep)
-        return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+        return lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
 
 
 class LayerNorm(nn.Module):

@@ -17,12 +17,12 @@ def process_start() -> float | None:
     ticks since boot; the boot time in /proc/stat (`btime`) is whole seconds, which put
     up to a second of error into the first phase."""
     ticks = workdir.process_start_time(os.getpid())  # clock ticks since boot
+    if ticks is None:
+        return None
     try:
         with open("/proc/uptime", encoding="utf-8") as f:
-            uptime = float(f.read().split()[0])
+            uptime = float(f.read().split()[0])  # seconds since boot
     except (OSError, IndexError, ValueError):
-        return None
-    if ticks is None:
         return None
     return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
