@@ -2,7 +2,8 @@
 PyTorch model of the same shapes, each in its own process, alternating between the two.
 
     t5x-lite bench --compare=hf --precision=fp32,bf16 [--config=A.py:x,B.py:y] \
-        [--config.data.batch_size=2 ...] [--torch_compile] [--output_json=PATH]
+        [--config.data.batch_size=2 ...] [--torch_compile] [--torch_malloc=same|default] \
+        [--output_json=PATH]
 
 Both train the same step: the config's batch (the same random tokens), AdamW with its
 settings (torch's fused AdamW, as the transformers Trainer) and gradient clipping,
@@ -24,6 +25,12 @@ torch's one-time allocations), or torch's CUDA peak. torch uses its default thre
 (OMP_NUM_THREADS sets them): on a CPU that other jobs keep busy its OpenMP threads stall
 each other (a tiny T5 step: 6 ms on 1 thread, 1.3 s on 2 of 2 busy cores), so compare
 there with OMP_NUM_THREADS=1, or on a quiet machine.
+Allocator: the `t5x-lite` command keeps freed memory by default (host_memory.py), and by
+default (`--torch_malloc=same`) the PyTorch process then does too, so the ratio compares
+the frameworks rather than two malloc settings: kept, PyTorch's own GPT fp32 step ran
+1.2x faster at the issue's shapes (one run, 2-core EPYC). `T5X_LITE_KEEP_FREED_MEMORY=0` gives both
+malloc's default; `--torch_malloc=default` leaves PyTorch's alone while ours keeps its
+memory, where PyTorch ran slower than with either setting on both sides (README).
 
 Left unequal: our BERT also runs its pooler and NSP layer on [CLS] (d_model**2 +
 2 d_model matmul parameters, once per row), which BertForMaskedLM lacks; HF GPT-2
@@ -45,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from t5x_lite import bench, bench_torch, families
+from t5x_lite import bench, bench_torch, families, host_memory
 from t5x_lite import config as config_lib
 from t5x_lite.errors import UserError
 
@@ -206,10 +213,11 @@ def compare_one(spec, config, precision, torch_side, peaks, *, steps, reps, torc
     return row
 
 
-def open_torch_side() -> tuple[bench_torch.TorchSide | None, str]:
+def open_torch_side(keep_freed_memory=False) -> tuple[bench_torch.TorchSide | None, str]:
     """The PyTorch side in its own process and a line on it, or None and a note on why
-    there is no HF column (no torch or transformers here)."""
-    side = bench_torch.TorchSide()
+    there is no HF column (no torch or transformers here). `keep_freed_memory`: its malloc
+    keeps what it frees, as our CLI's does by default (host_memory.py)."""
+    side = bench_torch.TorchSide(keep_freed_memory)
     line = side.hello()
     if line is None:
         side.close()
@@ -217,12 +225,25 @@ def open_torch_side() -> tuple[bench_torch.TorchSide | None, str]:
     return side, line
 
 
-def compare(specs, overrides=(), *, precisions=("fp32",), steps=5, reps=3, torch_compile=False):
-    """-> (rows, matmul peaks, a line on the frameworks): every spec at every precision."""
+def compare(
+    specs,
+    overrides=(),
+    *,
+    precisions=("fp32",),
+    steps=5,
+    reps=3,
+    torch_compile=False,
+    torch_malloc="same",
+):
+    """-> (rows, matmul peaks, a line on the frameworks): every spec at every precision.
+    `torch_malloc`: "same", the PyTorch process keeps freed memory where ours does (so the
+    ratio compares the frameworks, not two allocator settings); "default", malloc's own."""
+    if torch_malloc not in ("same", "default"):
+        raise UserError(f"--torch_malloc={torch_malloc!r}; use same or default")
     configs = {
         precision: load_configs(specs, list(overrides), precision) for precision in precisions
     }
-    torch_side, torch_line = open_torch_side()
+    torch_side, torch_line = open_torch_side(torch_malloc == "same" and host_memory.kept())
     with torch_side or contextlib.nullcontext():
         peaks = matmul_peaks(torch_side)
         options = dict(steps=steps, reps=reps, torch_compile=torch_compile)
@@ -231,7 +252,10 @@ def compare(specs, overrides=(), *, precisions=("fp32",), steps=5, reps=3, torch
             for precision in precisions
             for spec, config in zip(specs, configs[precision])
         ]
-    jax_line = f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}"
+    malloc = "freed memory kept" if host_memory.kept() else "malloc's default"
+    jax_line = (
+        f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind} ({malloc})"
+    )
     return rows, peaks, f"{jax_line}; {torch_line}"
 
 

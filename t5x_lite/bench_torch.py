@@ -24,6 +24,8 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
+from t5x_lite import host_memory
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -144,7 +146,9 @@ class _Child:
 
     def hello(self) -> str:
         torch = self.torch
-        return f"PyTorch {torch.__version__} on {self.device} ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        malloc = "freed memory kept" if _KEPT else "malloc's default"
+        return f"PyTorch {torch.__version__} on {self.device} ({threads} threads, {malloc})"
 
     def peaks(self, sizes: Sequence[int], seconds: float) -> dict[str, float]:
         torch, device = self.torch, self.device
@@ -208,17 +212,22 @@ def _serve(requests, replies) -> None:
         replies.flush()
 
 
+# Whether this process (the child) keeps freed memory, as the parent asked; see hello().
+_KEPT = False
+
+
 class TorchSide:
     """A child process (`python -m t5x_lite.bench_torch`) that holds torch and
     transformers; `hello()` is its one-line description, or None with `missing` saying
     why there is no torch. Messages travel pickled over two pipes of their own, so
     whatever torch prints reaches the terminal as it is."""
 
-    def __init__(self):
+    def __init__(self, keep_freed_memory: bool = False):
         child_reads, self._requests_fd = os.pipe()
         self._replies_fd, child_writes = os.pipe()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "t5x_lite.bench_torch", str(child_reads), str(child_writes)],
+            [sys.executable, "-m", "t5x_lite.bench_torch", str(child_reads), str(child_writes)]
+            + (["--keep_freed_memory"] if keep_freed_memory else []),
             pass_fds=(child_reads, child_writes),
         )
         os.close(child_reads)
@@ -279,6 +288,8 @@ class TorchSide:
 
 
 if __name__ == "__main__":
+    # Before torch is imported: the settings apply to threads that have not allocated.
+    _KEPT = "--keep_freed_memory" in sys.argv[3:] and host_memory.keep_freed_memory()
     with (
         os.fdopen(int(sys.argv[1]), "rb") as requests,
         os.fdopen(int(sys.argv[2]), "wb") as replies,

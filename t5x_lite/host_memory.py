@@ -52,6 +52,7 @@ NOTE_SHARE = 0.5
 # Set by the CLI: whether it kept freed memory without being asked to (the default).
 _kept_by_default = False
 _noted = False
+_kept = False  # whether keep_freed_memory() applied in this process
 
 
 def wanted() -> bool:
@@ -101,8 +102,15 @@ def keep_freed_memory() -> bool:
     """One malloc arena, no mmapped chunks, no trimming; -> whether it applied (glibc
     only). Call it before JAX starts its threads: a thread that has already allocated
     keeps its own arena."""
+    global _kept
     if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL("libc.so.6")
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim
-    return all(libc.mallopt(param, value) == 1 for param, value in settings)
+    _kept = all(libc.mallopt(param, value) == 1 for param, value in settings)
+    return _kept
+
+
+def kept() -> bool:
+    """Whether this process keeps freed memory (keep_freed_memory() applied)."""
+    return _kept

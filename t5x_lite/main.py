@@ -186,6 +186,7 @@ def cmd_bench(args, extra) -> None:
             steps=args.steps,
             reps=args.reps,
             torch_compile=args.torch_compile,
+            torch_malloc=args.torch_malloc,
             output_json=args.output_json,
         )
         return
@@ -293,6 +294,9 @@ COMMANDS = {
              default=3),
         _arg("--torch_compile", "--compare: torch.compile the PyTorch model",
              action="store_true"),
+        _arg("--torch_malloc", "--compare: same, the PyTorch process keeps freed memory "
+             "where ours does (host_memory.py); default, malloc's own",
+             choices=["same", "default"], default="same"),
         _arg("--output_json", "--compare: also write the rows here", default=""),
     ]),
     "demo": (cmd_demo, "offline end-to-end demo (tokenizer + tiny GPT)", [

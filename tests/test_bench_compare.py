@@ -6,13 +6,14 @@ import json
 import math
 import os
 import pickle
+import platform
 import subprocess
 import sys
 import threading
 
 import pytest
 
-from t5x_lite import bench_compare, bench_torch, main
+from t5x_lite import bench_compare, bench_torch, host_memory, main
 from t5x_lite.errors import UserError
 from tests.train.test_trainer import PRETRAIN
 
@@ -92,12 +93,33 @@ def test_table_has_a_line_per_row_and_every_column(compared):
 
 def test_without_torch_the_hf_columns_are_empty(monkeypatch, capsys):
     note = "HF columns skipped: No module named 'torch' (pip install torch transformers)"
-    monkeypatch.setattr(bench_compare, "open_torch_side", lambda: (None, note))
+    monkeypatch.setattr(bench_compare, "open_torch_side", lambda keep_freed_memory: (None, note))
     rows = bench_compare.run_and_report(SPECS[:1], TINY_GPT, precisions=("bf16",), steps=1, reps=1)
     assert rows[0]["ours_step_s"] > 0 and math.isnan(rows[0]["theirs_step_s"])
     out = capsys.readouterr().out
     assert note in out and "torch_fp32" not in out
     assert out.strip().splitlines()[-1].split("|")[2].strip() == "-"  # HF model
+
+
+def test_the_torch_side_gets_our_malloc_setting_unless_told_otherwise(monkeypatch):
+    asked = []
+
+    def no_torch(keep_freed_memory):
+        asked.append(keep_freed_memory)
+        return None, "no torch"
+
+    monkeypatch.setattr(bench_compare, "open_torch_side", no_torch)
+    monkeypatch.setattr(bench_compare, "load_configs", lambda *args: [])
+    monkeypatch.setattr(bench_compare, "matmul_peaks", lambda side: {})
+    for ours_kept, torch_malloc, expected in (
+        (True, "same", True), (False, "same", False), (True, "default", False)
+    ):  # fmt: skip
+        monkeypatch.setattr(host_memory, "_kept", ours_kept)
+        rows, _, frameworks = bench_compare.compare([], torch_malloc=torch_malloc)
+        assert asked[-1] is expected and rows == []
+        assert ("freed memory kept" if ours_kept else "malloc's default") in frameworks
+    with pytest.raises(UserError, match="--torch_malloc='mine'; use same or default"):
+        bench_compare.compare([], torch_malloc="mine")
 
 
 def test_cli_writes_the_table_and_json(tmp_path, capsys, monkeypatch):
@@ -158,6 +180,18 @@ print("ok")
 def _pipe():
     read_fd, write_fd = os.pipe()
     return os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
+
+
+def test_the_torch_side_keeps_freed_memory_only_when_asked():
+    """--torch_keep_freed_memory: the PyTorch process's malloc as ours by default, set in
+    the child before torch starts its threads; the line on the frameworks says which."""
+    pytest.importorskip("transformers")
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt's settings are glibc's")
+    with bench_torch.TorchSide() as side:
+        assert side.hello().endswith("threads, malloc's default)")
+    with bench_torch.TorchSide(keep_freed_memory=True) as side:
+        assert side.hello().endswith("threads, freed memory kept)")
 
 
 def test_the_torch_side_reports_its_errors_and_a_missing_torch(monkeypatch):
