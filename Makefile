@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 # the collection order, longest tests first (tests/conftest.py).
 PYTEST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
-.PHONY: install demo test test-e2e test-fast lint fmt bench bench-compare ablation clean
+.PHONY: install demo test test-e2e test-fast lint fmt bench bench-compare bench-shakespeare \
+	ablation clean
 
 install: $(STAMP)
 
@@ -50,15 +51,22 @@ bench: $(STAMP)
 # README's side-by-side table. The shapes are the performance issue's (batch 8, d_model 512,
 # 8 layers of 8 heads, vocabulary 32,128, sequence 512; T5 512 in / 114 out, d_ff 1024):
 # gpt_small, roberta_small and t5_small with these overrides. Meant for a quiet machine
-# (13 min on the 2-core EPYC); smaller: make bench-compare BENCH_SHAPES=--config.data.batch_size=2
-# It keeps malloc's default (T5X_LITE_KEEP_FREED_MEMORY=0), as the README's table was
-# made; the kept-memory rows: T5X_LITE_KEEP_FREED_MEMORY=1 make bench-compare
+# (9 min on the 2-core EPYC); smaller: make bench-compare BENCH_SHAPES=--config.data.batch_size=2
+# Both sides keep freed memory (the CLI's default; bench --torch_malloc=same);
+# T5X_LITE_KEEP_FREED_MEMORY=0 make bench-compare: both with malloc's default.
 BENCH_SHAPES ?= --config.data.batch_size=8 --config.tokenizer.vocab_size=32128 \
 	--config.objective.seq_len=512 --config.model.num_layers=8 --config.model.num_heads=8
 BENCH_ARGS ?=
 bench-compare: $(STAMP)
-	T5X_LITE_KEEP_FREED_MEMORY=$${T5X_LITE_KEEP_FREED_MEMORY:-0} $(VENV)/bin/t5x-lite bench --compare=hf --precision=fp32,bf16 --steps=2 --reps=2 \
+	$(VENV)/bin/t5x-lite bench --compare=hf --precision=fp32,bf16 --steps=2 --reps=2 \
 		--output_json=runs/bench_compare.json $(BENCH_SHAPES) $(BENCH_ARGS)
+
+# nanoGPT's CPU recipe, ours (pretrain.py:shakespeare_char) against the same recipe in
+# eager PyTorch (benchmarks/char_gpt_torch.py), whole commands alternated: the README's
+# Shakespeare table (~12 min for 3 rounds on 2 cores). Needs T5X_LITE_DATA_DIR (below).
+bench-shakespeare: $(STAMP)
+	T5X_LITE_DATA_DIR=$(T5X_LITE_DATA_DIR) $(PY) benchmarks/shakespeare_char.py --rounds=3 --torch_keep_freed_memory \
+		--output_json=runs/bench_shakespeare.json
 
 # Two of experiments/'s studies at CPU scale (experiments/README.md): does pretraining help
 # (each family and a real pretrained BERT), and T5's objectives: about 3 hours on 2 cores.
