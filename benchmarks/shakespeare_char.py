@@ -52,7 +52,8 @@ def run_ours(steps: int, workdir: str, cache_dir: str | None) -> dict:
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"shakespeare_char: our run failed:\n{proc.stderr[-3000:]}")
-    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
     evals = [r for r in rows if any(k.startswith("eval/") and k.endswith("/loss") for k in r)]
     last = evals[-1]
     loss = next(v for k, v in last.items() if k.startswith("eval/") and k.endswith("/loss"))
