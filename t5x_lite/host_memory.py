@@ -18,6 +18,10 @@ What it saves (2-core AMD EPYC, warm compile cache, whole commands, off then on)
   million faults and 5-8 s of system time in a 12-15 s step; kept, the median step went
   13.3-13.8 -> 10.7 s (`gpt_small`), 12.5-13.9 -> 10.7-10.9 s (`t5_small`). Transparent
   huge pages cut the faults ~25x but not the system time: the zeroing is the cost.
+- It is not ours alone: PyTorch's train steps gained as much with the same settings
+  (`gpt_small` fp32 8.8-9.0 -> 7.2-7.9 s), so `bench --compare` gives its process ours
+  (`--torch_malloc=same`). The development machine is a VM whose balloon reports free
+  pages to the host, which likely makes fresh pages dearer there than on bare metal.
 
 The price: the heap can take several copies of the temporaries before it settles. Seen
 on `t5_small` (4.7 GB of temporaries) with glibc 2.36 (Debian 12): resident memory 6.4
