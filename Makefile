@@ -63,7 +63,7 @@ bench-compare: $(STAMP)
 
 # nanoGPT's CPU recipe, ours (pretrain.py:shakespeare_char) against the same recipe in
 # eager PyTorch (benchmarks/char_gpt_torch.py), whole commands alternated: the README's
-# Shakespeare table (~12 min for 3 rounds on 2 cores). Needs T5X_LITE_DATA_DIR (below).
+# Shakespeare table (~13 min for 3 rounds on 2 cores). Needs T5X_LITE_DATA_DIR (below).
 bench-shakespeare: $(STAMP)
 	T5X_LITE_DATA_DIR=$(T5X_LITE_DATA_DIR) $(PY) benchmarks/shakespeare_char.py --rounds=3 --torch_keep_freed_memory \
 		--output_json=runs/bench_shakespeare.json

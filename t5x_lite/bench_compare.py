@@ -28,9 +28,10 @@ there with OMP_NUM_THREADS=1, or on a quiet machine.
 Allocator: the `t5x-lite` command keeps freed memory by default (host_memory.py), and by
 default (`--torch_malloc=same`) the PyTorch process then does too, so the ratio compares
 the frameworks rather than two malloc settings: kept, PyTorch's own GPT fp32 step ran
-1.2x faster at the issue's shapes (one run, 2-core EPYC). `T5X_LITE_KEEP_FREED_MEMORY=0` gives both
-malloc's default; `--torch_malloc=default` leaves PyTorch's alone while ours keeps its
-memory, where PyTorch ran slower than with either setting on both sides (README).
+1.1-1.25x faster at the issue's shapes (two runs, 2-core EPYC).
+`T5X_LITE_KEEP_FREED_MEMORY=0` gives both malloc's default; `--torch_malloc=default`
+leaves PyTorch's alone while ours keeps its memory, where PyTorch ran slower than with
+either setting on both sides (README).
 
 Left unequal: our BERT also runs its pooler and NSP layer on [CLS] (d_model**2 +
 2 d_model matmul parameters, once per row), which BertForMaskedLM lacks; HF GPT-2

@@ -147,7 +147,7 @@ class _Child:
     def hello(self) -> str:
         torch = self.torch
         threads = torch.get_num_threads()
-        malloc = "freed memory kept" if _KEPT else "malloc's default"
+        malloc = "freed memory kept" if host_memory.kept() else "malloc's default"
         return f"PyTorch {torch.__version__} on {self.device} ({threads} threads, {malloc})"
 
     def peaks(self, sizes: Sequence[int], seconds: float) -> dict[str, float]:
@@ -210,10 +210,6 @@ def _serve(requests, replies) -> None:
                 reply = ("error", traceback.format_exc())
         pickle.dump(reply, replies)
         replies.flush()
-
-
-# Whether this process (the child) keeps freed memory, as the parent asked; see hello().
-_KEPT = False
 
 
 class TorchSide:
@@ -288,8 +284,8 @@ class TorchSide:
 
 
 if __name__ == "__main__":
-    # Before torch is imported: the settings apply to threads that have not allocated.
-    _KEPT = "--keep_freed_memory" in sys.argv[3:] and host_memory.keep_freed_memory()
+    if "--keep_freed_memory" in sys.argv[3:]:  # before torch starts its threads
+        host_memory.keep_freed_memory()
     with (
         os.fdopen(int(sys.argv[1]), "rb") as requests,
         os.fdopen(int(sys.argv[2]), "wb") as replies,
